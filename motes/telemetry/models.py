@@ -113,6 +113,9 @@ class Frame:
     time: pa.Array
     fields: dict[str, pa.Array]
     lines: pa.Array | None = None
+    #: JSON-family codecs set this: an integer literal may land in an existing float field
+    #: (JSON writers print 75 for 75.0); line protocol keeps InfluxDB's strict typing.
+    coerce_numbers: bool = False
 
     def __len__(self) -> int:
         return len(self.time)
@@ -135,6 +138,7 @@ class Frame:
             time=self.time.take(indices),
             fields=fields,
             lines=None if self.lines is None else self.lines.take(indices),
+            coerce_numbers=self.coerce_numbers,
         )
 
 

@@ -1,0 +1,78 @@
+"""Settings: typed, read once at start-up from ``MOTES_*`` variables or a TOML file.
+
+Every setting has a default and a help line (``Settings.model_fields[...].description``);
+``docs/configuration.md`` lists them all and a test keeps the two in step.
+
+    settings = Settings()                      # environment + defaults
+    settings = Settings(data_dir=Path("/srv"))  # explicit values win over the environment
+    settings = Settings.from_toml(Path("motes.toml"))
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOTES_", extra="forbid")
+
+    data_dir: Path = Field(
+        Path("motes-data"), description="Directory holding the telemetry store and registry."
+    )
+    http_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
+    http_port: int = Field(8086, description="Port of the HTTP API.")
+    mqtt_port: int = Field(1883, description="Port of the MQTT listener (arrives in a later release).")
+    init_org: str = Field("main", description="Name of the org created on first start.")
+    init_bucket: str = Field("telemetry", description="Name of the bucket created on first start.")
+    init_token: str | None = Field(
+        None,
+        description="Operator token created on first start; generated and printed once if unset.",
+    )
+    registry_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the registry; default: SQLite file in the data dir.",
+    )
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, description="Largest accepted request body, after decompression."
+    )
+    write_queue_points: int = Field(
+        4_000_000,
+        description="Points waiting for a commit before writes are refused with 503.",
+    )
+    commit_interval_ms: float = Field(
+        5.0, description="Longest a write waits for others to share its commit (group commit)."
+    )
+    compact_rows: int = Field(
+        2_000_000,
+        description="Rows in a measurement's write-optimised table that trigger a sorted compaction.",
+    )
+    duckdb_memory_limit: str = Field(
+        "1GB", description="Memory limit of the embedded DuckDB engine."
+    )
+    duckdb_threads: int = Field(2, description="Threads DuckDB may use for queries and compaction.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @classmethod
+    def from_toml(cls, path: Path, **overrides: Any) -> Settings:
+        """Settings from a TOML file; keyword overrides win, then the file, then the env."""
+        with path.open("rb") as fh:
+            values = tomllib.load(fh)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def telemetry_path(self) -> Path:
+        return self.data_dir / "telemetry.duckdb"
+
+    @property
+    def registry_sqlalchemy_url(self) -> str:
+        return self.registry_url or f"sqlite:///{self.data_dir / 'registry.sqlite'}"
+
+    @property
+    def token_path(self) -> Path:
+        return self.data_dir / "operator-token"

@@ -1,0 +1,83 @@
+"""In-memory mirror of a store's catalog: measurements, their fields and their series.
+
+The catalog lives in the store's own tables (so it commits with the data it describes);
+this mirror answers the hot-path questions — which column holds a field, which id a tag
+set has — without a round trip. It is rebuilt from the tables at start and after a failed
+transaction, never patched by guesswork.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from motes.telemetry.models import DEVICE_TAG, FieldType, parse_tagset
+from motes.telemetry.store.protocol import SeriesInfo
+
+
+@dataclass
+class FieldInfo:
+    name: str
+    type: FieldType
+    column: str
+
+
+@dataclass
+class MeasurementInfo:
+    bucket: str
+    name: str
+    table: str
+    fields: dict[str, FieldInfo] = field(default_factory=dict)
+    series: dict[str, int] = field(default_factory=dict)  # tagset -> series id
+
+    def next_column(self) -> str:
+        return f"c{len(self.fields)}"
+
+
+@dataclass
+class Catalog:
+    measurements: dict[tuple[str, str], MeasurementInfo] = field(default_factory=dict)
+    series_info: dict[int, SeriesInfo] = field(default_factory=dict)
+    next_series_id: int = 1
+    next_table: int = 1
+
+    def measurement(self, bucket: str, name: str) -> MeasurementInfo | None:
+        return self.measurements.get((bucket, name))
+
+    def add_measurement(self, bucket: str, name: str) -> MeasurementInfo:
+        info = MeasurementInfo(bucket=bucket, name=name, table=f"m{self.next_table}")
+        self.next_table += 1
+        self.measurements[(bucket, name)] = info
+        return info
+
+    def add_series(self, m: MeasurementInfo, tagset: str) -> int:
+        sid = self.next_series_id
+        self.next_series_id += 1
+        self.register_series(m, sid, tagset)
+        return sid
+
+    def register_series(self, m: MeasurementInfo, sid: int, tagset: str) -> None:
+        m.series[tagset] = sid
+        self.series_info[sid] = SeriesInfo(
+            id=sid, bucket=m.bucket, measurement=m.name, tags=parse_tagset(tagset)
+        )
+        self.next_series_id = max(self.next_series_id, sid + 1)
+
+    def matching_series(
+        self, bucket: str, measurement: str | None, tags: dict[str, list[str]]
+    ) -> list[SeriesInfo]:
+        """Series in a bucket (optionally one measurement) whose tags take accepted values."""
+        found: list[SeriesInfo] = []
+        for (b, name), m in self.measurements.items():
+            if b != bucket or (measurement is not None and name != measurement):
+                continue
+            for sid in m.series.values():
+                info = self.series_info[sid]
+                if all(info.tags.get(k) in vals for k, vals in tags.items()):
+                    found.append(info)
+        return found
+
+    def device_series(self, bucket: str, device: str) -> list[SeriesInfo]:
+        return self.matching_series(bucket, None, {DEVICE_TAG: [device]})
+
+    def bucket_tables(self, bucket: str) -> list[MeasurementInfo]:
+        return [m for (b, _), m in self.measurements.items() if b == bucket]

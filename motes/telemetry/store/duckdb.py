@@ -1,0 +1,330 @@
+"""Embedded telemetry store on DuckDB.
+
+Layout: one pair of tables per (bucket, measurement), wide (one column per field):
+
+- ``m<N>_hot``: where group commits append, each commit's rows sorted by (series, time);
+- ``m<N>``: the read-optimised table; :meth:`DuckDBStore.compact` moves hot rows there in
+  one (series, time)-sorted run, so DuckDB's zone maps let one device's range query skip
+  everyone else's row groups; ``m<N>_all`` is the union both reads go through.
+
+Every row is unique by (series, time): appends that cannot collide (all times newer than
+the series' newest stored time) go straight in; the rest are merged field by field, last
+write wins, as InfluxDB does. Latest values per series and field are kept in memory,
+updated at ingest and rebuilt at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from motes.telemetry.models import FieldType, TelemetryError
+from motes.telemetry.store.catalog import Catalog, MeasurementInfo
+from motes.telemetry.store.duckdb_read import Reader
+from motes.telemetry.store.duckdb_write import Latest, TableBatch, build_batches
+from motes.telemetry.store.protocol import (
+    Aggregation,
+    LatestValue,
+    SeriesInfo,
+    Selection,
+    WriteOutcome,
+    WriteRequest,
+)
+
+log = logging.getLogger(__name__)
+
+SQL_TYPES: dict[FieldType, str] = {
+    "float": "DOUBLE",
+    "integer": "BIGINT",
+    "unsigned": "UBIGINT",
+    "boolean": "BOOLEAN",
+    "string": "VARCHAR",
+}
+NO_TIME = np.iinfo(np.int64).min
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS motes_measurements(
+    bucket VARCHAR, name VARCHAR, tbl VARCHAR, PRIMARY KEY (bucket, name));
+CREATE TABLE IF NOT EXISTS motes_fields(
+    tbl VARCHAR, name VARCHAR, type VARCHAR, col VARCHAR, PRIMARY KEY (tbl, name));
+CREATE TABLE IF NOT EXISTS motes_series(id UBIGINT PRIMARY KEY, tbl VARCHAR, tagset VARCHAR);
+"""
+
+
+class StoreUnavailable(TelemetryError):
+    """The storage engine failed (disk full, I/O error...); nothing of the batch was acked."""
+
+
+class DuckDBStore:
+    """``DuckDBStore(path)`` opens (or creates) the store; one writer thread calls write()."""
+
+    def __init__(self, path: Path, *, memory_limit: str = "1GB", threads: int = 2) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config = {"memory_limit": memory_limit, "threads": str(threads)}
+        self._db = duckdb.connect(str(path), config=config)
+        self._db.execute(SCHEMA)
+        self._local = threading.local()
+        self.catalog = Catalog()
+        self.latest_values = Latest()
+        self._max_time = np.full(1024, NO_TIME, dtype=np.int64)
+        self._hot_rows: dict[str, int] = {}
+        self._load_catalog()
+        self._load_latest()
+        self.reader = Reader(self._cursor, self.catalog)
+
+    # -- catalog --------------------------------------------------------------------------
+
+    def _load_catalog(self) -> None:
+        self.catalog = Catalog()
+        rows = self._db.execute("SELECT bucket, name, tbl FROM motes_measurements").fetchall()
+        for bucket, name, tbl in rows:
+            m = MeasurementInfo(bucket=bucket, name=name, table=tbl)
+            self.catalog.measurements[(bucket, name)] = m
+            self.catalog.next_table = max(self.catalog.next_table, int(tbl[1:]) + 1)
+        by_table = {m.table: m for m in self.catalog.measurements.values()}
+        for tbl, name, typ, col in self._db.execute(
+            "SELECT tbl, name, type, col FROM motes_fields ORDER BY tbl, col"
+        ).fetchall():
+            from motes.telemetry.store.catalog import FieldInfo
+
+            by_table[tbl].fields[name] = FieldInfo(name=name, type=typ, column=col)
+        for sid, tbl, tagset in self._db.execute(
+            "SELECT id, tbl, tagset FROM motes_series"
+        ).fetchall():
+            self.catalog.register_series(by_table[tbl], int(sid), tagset)
+        for m in self.catalog.measurements.values():
+            hot = self._db.execute(f"SELECT count(*) FROM {m.table}_hot").fetchone()
+            self._hot_rows[m.table] = int(hot[0]) if hot else 0
+        if self.reader_ready():
+            self.reader.catalog = self.catalog
+
+    def reader_ready(self) -> bool:
+        return hasattr(self, "reader")
+
+    def _load_latest(self) -> None:
+        """Rebuild newest time per series and latest value per field from the tables."""
+        self.latest_values = Latest()
+        self._max_time = np.full(max(1024, self.catalog.next_series_id * 2), NO_TIME, np.int64)
+        for m in self.catalog.measurements.values():
+            cols = list(m.fields.values())
+            if not cols:
+                continue
+            parts = ", ".join(
+                f"max(time) FILTER (WHERE {f.column} IS NOT NULL), "
+                f"arg_max({f.column}, time) FILTER (WHERE {f.column} IS NOT NULL)"
+                for f in cols
+            )
+            rows = self._db.execute(
+                f"SELECT series, max(time), {parts} FROM {m.table}_all GROUP BY series"
+            ).fetchall()
+            for row in rows:
+                sid = int(row[0])
+                self._grow(sid)
+                self._max_time[sid] = row[1]
+                for i, f in enumerate(cols):
+                    t, v = row[2 + 2 * i], row[3 + 2 * i]
+                    if t is not None:
+                        self.latest_values.set(sid, f.name, int(t), v)
+
+    def _grow(self, sid: int) -> None:
+        if sid >= len(self._max_time):
+            grown = np.full(max(sid + 1, len(self._max_time) * 2), NO_TIME, np.int64)
+            grown[: len(self._max_time)] = self._max_time
+            self._max_time = grown
+
+    def _create_measurement(self, bucket: str, name: str) -> MeasurementInfo:
+        m = self.catalog.add_measurement(bucket, name)
+        t = m.table
+        self._db.execute(f"CREATE TABLE {t}(series UINTEGER, time BIGINT)")
+        self._db.execute(f"CREATE TABLE {t}_hot(series UINTEGER, time BIGINT)")
+        self._db.execute(f"CREATE VIEW {t}_all AS SELECT * FROM {t} UNION ALL BY NAME SELECT * FROM {t}_hot")
+        self._db.execute("INSERT INTO motes_measurements VALUES (?, ?, ?)", [bucket, name, t])
+        self._hot_rows[t] = 0
+        return m
+
+    def _add_field(self, m: MeasurementInfo, name: str, typ: FieldType) -> None:
+        from motes.telemetry.store.catalog import FieldInfo
+
+        col = m.next_column()
+        for table in (m.table, f"{m.table}_hot"):
+            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {SQL_TYPES[typ]}")
+        self._db.execute("INSERT INTO motes_fields VALUES (?, ?, ?, ?)", [m.table, name, typ, col])
+        m.fields[name] = FieldInfo(name=name, type=typ, column=col)
+
+    def _add_series(self, m: MeasurementInfo, tagsets: list[str]) -> None:
+        ids = [self.catalog.add_series(m, ts) for ts in tagsets]
+        self._db.executemany(
+            "INSERT INTO motes_series VALUES (?, ?, ?)", [[i, m.table, ts] for i, ts in zip(ids, tagsets, strict=True)]
+        )
+        self._grow(max(ids))
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def write(self, requests: Sequence[WriteRequest]) -> list[WriteOutcome]:
+        """Store all requests in one transaction (one fsync), then update latest values."""
+        try:
+            self._db.execute("BEGIN")
+            outcomes, batches = build_batches(
+                requests,
+                self.catalog,
+                create_measurement=self._create_measurement,
+                add_field=self._add_field,
+                add_series=self._add_series,
+            )
+            for batch in batches:
+                self._append(batch)
+            self._db.execute("COMMIT")
+        except duckdb.Error as exc:
+            self._rollback()
+            raise StoreUnavailable(f"telemetry store failed: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        for batch in batches:
+            self._after_commit(batch)
+        return outcomes
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        self._load_catalog()
+        self._load_latest()
+
+    def _append(self, batch: TableBatch) -> None:
+        m = batch.measurement
+        cols = ["series", "time", *(f.column for f in m.fields.values())]
+        table = batch.table(cols)
+        sids = batch.series
+        overlap = batch.time <= self._max_time[sids]
+        self._db.register("incoming", table)
+        try:
+            if batch.has_duplicates or overlap.any():
+                self._merge(m, cols)
+            else:
+                col_list = ", ".join(cols)
+                self._db.execute(f"INSERT INTO {m.table}_hot ({col_list}) SELECT {col_list} FROM incoming")
+        finally:
+            self._db.unregister("incoming")
+        self._hot_rows[m.table] = self._hot_rows.get(m.table, 0) + len(table)
+
+    def _merge(self, m: MeasurementInfo, cols: list[str]) -> None:
+        """Last write wins per field: merge incoming rows with stored rows at the same time."""
+        fields = cols[2:]
+        dedup = ", ".join(
+            f"last({c} ORDER BY seq) FILTER (WHERE {c} IS NOT NULL) AS {c}" for c in fields
+        )
+        self._db.execute(
+            "CREATE OR REPLACE TEMP TABLE motes_inc AS SELECT series, time"
+            + (f", {dedup}" if dedup else "")
+            + " FROM (SELECT *, row_number() OVER () AS seq FROM incoming) GROUP BY series, time"
+        )
+        merged = ", ".join(f"coalesce(i.{c}, d.{c}) AS {c}" for c in fields)
+        self._db.execute(
+            "CREATE OR REPLACE TEMP TABLE motes_merged AS SELECT i.series, i.time"
+            + (f", {merged}" if merged else "")
+            + f" FROM motes_inc i LEFT JOIN {m.table}_all d ON d.series = i.series AND d.time = i.time"
+        )
+        for table in (m.table, f"{m.table}_hot"):
+            self._db.execute(
+                f"DELETE FROM {table} USING motes_inc i "
+                f"WHERE {table}.series = i.series AND {table}.time = i.time"
+            )
+        col_list = ", ".join(cols)
+        self._db.execute(f"INSERT INTO {m.table}_hot ({col_list}) SELECT {col_list} FROM motes_merged")
+        self._db.execute("DROP TABLE motes_inc")
+        self._db.execute("DROP TABLE motes_merged")
+
+    def _after_commit(self, batch: TableBatch) -> None:
+        np.maximum.at(self._max_time, batch.series, batch.time)
+        self.latest_values.update(batch)
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    def hot_rows(self) -> dict[str, int]:
+        return dict(self._hot_rows)
+
+    def compact(self, table: str) -> None:
+        """Move a measurement's hot rows into its read table as one sorted run."""
+        if not self._hot_rows.get(table):
+            return
+        try:
+            self._db.execute("BEGIN")
+            self._db.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {table}_hot ORDER BY series, time")
+            self._db.execute(f"DELETE FROM {table}_hot")
+            self._db.execute("COMMIT")
+        except duckdb.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise StoreUnavailable(f"compaction failed: {exc}") from exc
+        self._hot_rows[table] = 0
+
+    def checkpoint(self) -> None:
+        self._db.execute("CHECKPOINT")
+
+    def drop_bucket(self, bucket: str) -> None:
+        self._db.execute("BEGIN")
+        for m in self.catalog.bucket_tables(bucket):
+            self._db.execute(f"DROP VIEW {m.table}_all")
+            self._db.execute(f"DROP TABLE {m.table}")
+            self._db.execute(f"DROP TABLE {m.table}_hot")
+            for name in ("motes_fields", "motes_series"):
+                self._db.execute(f"DELETE FROM {name} WHERE tbl = ?", [m.table])
+        self._db.execute("DELETE FROM motes_measurements WHERE bucket = ?", [bucket])
+        self._db.execute("COMMIT")
+        self._load_catalog()
+        self._load_latest()
+
+    def enforce_retention(self, bucket: str, cutoff_ns: int) -> int:
+        """Delete a bucket's points older than ``cutoff_ns``; returns rows removed."""
+        removed = 0
+        for m in self.catalog.bucket_tables(bucket):
+            for table in (m.table, f"{m.table}_hot"):
+                row = self._db.execute(
+                    f"DELETE FROM {table} WHERE time < ? RETURNING 1", [cutoff_ns]
+                ).fetchall()
+                removed += len(row)
+        return removed
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cur: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._db.cursor()
+            self._local.cursor = cur
+        return cur
+
+    def series(self, bucket: str, measurement: str, tags: dict[str, list[str]]) -> list[SeriesInfo]:
+        return self.catalog.matching_series(bucket, measurement, tags)
+
+    def field_types(self, bucket: str, measurement: str) -> dict[str, FieldType]:
+        m = self.catalog.measurement(bucket, measurement)
+        return {} if m is None else {f.name: f.type for f in m.fields.values()}
+
+    def measurements(self, bucket: str) -> list[str]:
+        return sorted(m.name for m in self.catalog.bucket_tables(bucket))
+
+    def read(
+        self, sel: Selection, agg: Aggregation | None, limit: int | None
+    ) -> list[tuple[dict[str, str], pa.Table]]:
+        return self.reader.read(sel, agg, limit)
+
+    def latest(
+        self, bucket: str, measurement: str | None, series: Sequence[int] | None
+    ) -> list[LatestValue]:
+        infos = (
+            [self.catalog.series_info[s] for s in series if s in self.catalog.series_info]
+            if series is not None
+            else self.catalog.matching_series(bucket, measurement, {})
+        )
+        return self.latest_values.values(infos)
+
+    def close(self) -> None:
+        self._db.close()
