@@ -27,15 +27,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def dir_size(path: Path) -> int:
-    """Bytes of all regular files under ``path`` (apparent size, files vanishing mid-walk skipped)."""
+def dir_size(path: Path, *, apparent: bool = False) -> int:
+    """Bytes of the regular files under ``path``.
+
+    By default the space allocated on disk (``st_blocks * 512``, what ``du`` shows), so that
+    sparse or preallocated-but-unused files count for what they really occupy; with
+    ``apparent=True`` the files' lengths. Files vanishing mid-walk are skipped.
+    """
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
             try:
-                total += os.lstat(os.path.join(root, name)).st_size
+                st = os.lstat(os.path.join(root, name))
             except FileNotFoundError:
                 continue
+            total += st.st_size if apparent else st.st_blocks * 512
     return total
 
 
@@ -45,6 +51,7 @@ class SettledSize:
 
     immediate: int
     settled: int
+    settled_apparent: int
     waited_s: float
 
 
@@ -67,7 +74,7 @@ def settle_dir_size(
             last, stable_since = size, now
         waited = now - start
         if (waited >= min_wait and now - stable_since >= quiet) or waited >= max_wait:
-            return SettledSize(immediate, size, waited)
+            return SettledSize(immediate, size, dir_size(path, apparent=True), waited)
 
 
 def wait_http(

@@ -27,6 +27,7 @@ import orjson
 
 from bench.common import free_port, stop_process, wait_http
 from bench.loadgen import Request
+from bench.querybench import QueryCall, iteration_device
 from bench.workload import FIELDS_PER_LINE, MEASUREMENT, Workload, ns_to_rfc3339
 
 DATABASE = "bench"
@@ -189,3 +190,17 @@ def all_devices_hourly_query(workload: Workload) -> str:
 
 
 LATEST_QUERY = f"SELECT last(*) FROM {MEASUREMENT} GROUP BY device"
+
+
+def query_calls(server: InfluxServer, workload: Workload) -> dict[str, QueryCall]:
+    """The three benchmark queries as InfluxQL over ``GET /query`` (epoch=ms)."""
+
+    def get(client: httpx.Client, q: str) -> httpx.Response:
+        return client.get(f"{server.url}/query", params={"db": DATABASE, "q": q, "epoch": "ms"})
+
+    hourly = all_devices_hourly_query(workload)
+    return {
+        "one_device": lambda c, i: get(c, one_device_query(workload, iteration_device(i))),
+        "latest": lambda c, i: get(c, LATEST_QUERY),
+        "all_devices_hourly": lambda c, i: get(c, hourly),
+    }

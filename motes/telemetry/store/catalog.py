@@ -67,10 +67,10 @@ class Catalog:
     ) -> list[SeriesInfo]:
         """Series in a bucket (optionally one measurement) whose tags take accepted values."""
         found: list[SeriesInfo] = []
-        for (b, name), m in self.measurements.items():
+        for (b, name), m in list(self.measurements.items()):
             if b != bucket or (measurement is not None and name != measurement):
                 continue
-            for sid in m.series.values():
+            for sid in list(m.series.values()):
                 info = self.series_info[sid]
                 if all(info.tags.get(k) in vals for k, vals in tags.items()):
                     found.append(info)
@@ -80,4 +80,4 @@ class Catalog:
         return self.matching_series(bucket, None, {DEVICE_TAG: [device]})
 
     def bucket_tables(self, bucket: str) -> list[MeasurementInfo]:
-        return [m for (b, _), m in self.measurements.items() if b == bucket]
+        return [m for (b, _), m in list(self.measurements.items()) if b == bucket]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,7 +65,16 @@ class StoreUnavailable(TelemetryError):
 class DuckDBStore:
     """``DuckDBStore(path)`` opens (or creates) the store; one writer thread calls write()."""
 
-    def __init__(self, path: Path, *, memory_limit: str = "1GB", threads: int = 2) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        memory_limit: str = "1GB",
+        threads: int = 2,
+        compact_rows: int = 2_000_000,
+    ) -> None:
+        self.compact_rows = compact_rows
+        self._last_compaction: dict[str, float] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         config = {"memory_limit": memory_limit, "threads": str(threads)}
         self._db = duckdb.connect(str(path), config=config)
@@ -247,6 +257,15 @@ class DuckDBStore:
         self.latest_values.update(batch)
 
     # -- maintenance ----------------------------------------------------------------------
+
+    def maintain(self, idle: bool) -> None:
+        """Compact full hot tables now; when idle, also small ones that sat a while."""
+        now = time.monotonic()
+        for table, rows in list(self._hot_rows.items()):
+            waited = now - self._last_compaction.get(table, 0.0)
+            if rows >= self.compact_rows or (idle and rows and (rows >= 10_000 or waited > 300)):
+                self.compact(table)
+                self._last_compaction[table] = now
 
     def hot_rows(self) -> dict[str, int]:
         return dict(self._hot_rows)

@@ -50,7 +50,8 @@ class Reader:
         where = "time >= $start AND time < $stop"
         if sel.tags:
             where += f" AND series IN ({','.join(str(s.id) for s in series)})"
-        if agg is None and sel.fields:
+        raw = agg is None or not agg.fn
+        if raw and sel.fields:
             where += " AND (" + " OR ".join(f"{f.column} IS NOT NULL" for f in fields) + ")"
         cur = self._cursor()
         gid_expr = "series" if group_by is None else "g.gid"
@@ -73,7 +74,7 @@ def _fields(m: MeasurementInfo, names: tuple[str, ...], agg: Aggregation | None)
         if name not in m.fields:
             raise QueryError(f'field "{name}" not found in measurement "{m.name}"')
     chosen = [m.fields[n] for n in names] if names else list(m.fields.values())
-    if agg is None or agg.fn not in NUMERIC_ONLY:
+    if agg is None or agg.fn not in NUMERIC_ONLY:  # raw reads and order-only aggregates
         return chosen
     if names:
         for f in chosen:
@@ -115,7 +116,7 @@ def _sql(
         else ""
     )
     cols = ", ".join(f.column for f in fields)
-    if agg is None:
+    if agg is None or not agg.fn:
         return (
             f"SELECT {gid} AS gid, time, {cols} FROM {m.table}_all{join} WHERE {where}"
             f"{qualify} ORDER BY gid, time"

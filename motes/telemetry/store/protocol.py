@@ -54,7 +54,7 @@ class Selection:
 @dataclass(frozen=True)
 class Aggregation:
     every: int  # window width, ns
-    fn: str  # mean min max sum count first last median
+    fn: str  # mean min max sum count first last median; "" = raw points, merged per group
     group_by: tuple[str, ...] | None  # None: per series; () all series together
 
 
@@ -91,5 +91,9 @@ class TelemetryStore(Protocol):
     def drop_bucket(self, bucket: str) -> None: ...
 
     def enforce_retention(self, bucket: str, cutoff_ns: int) -> int: ...
+
+    def maintain(self, idle: bool) -> None:
+        """Backend housekeeping, called on the writer thread after commits and when idle."""
+        ...
 
     def close(self) -> None: ...

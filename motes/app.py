@@ -1,0 +1,133 @@
+"""The one wiring function: ``create_app(settings)`` builds stores and services, mounts routes.
+
+    app = create_app(Settings(data_dir=Path("motes-data")))
+    uvicorn.run(app)      # or motes.server.serve(settings)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from motes import __version__
+from motes.http import JSONResponse, error_response
+from motes.registry import api as registry_api
+from motes.registry.service import Registry
+from motes.settings import Settings
+from motes.telemetry import api as telemetry_api
+from motes.telemetry import query_api
+from motes.telemetry.service import TelemetryService
+from motes.telemetry.store.duckdb import DuckDBStore
+from motes.telemetry.writer import GroupCommitWriter
+
+log = logging.getLogger("motes")
+
+
+async def health(request: Request) -> Response:
+    ready = getattr(request.app.state, "ready", False)
+    body = {
+        "name": "motes",
+        "status": "pass" if ready else "fail",
+        "message": "ready for queries and writes" if ready else "starting",
+        "version": __version__,
+        "checks": [],
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def ping(request: Request) -> Response:
+    return Response(status_code=204, headers={"X-Influxdb-Version": f"motes-{__version__}"})
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app; stores open and the writer starts in its lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _open(app, settings)
+        try:
+            yield
+        finally:
+            _close(app)
+
+    routes: list[Any] = [
+        Route("/health", health, methods=["GET"]),
+        Route("/ping", ping, methods=["GET", "HEAD"]),
+        *telemetry_api.routes,
+        *query_api.routes,
+        *registry_api.routes,
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={Exception: error_response, 404: _not_found, 405: _not_allowed},
+    )
+    app.state.settings = settings
+    return app
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    from motes.http import error_body
+
+    return JSONResponse(error_body("not found", f"no route {request.url.path}"), status_code=404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    from motes.http import error_body
+
+    message = f"method {request.method} not allowed on {request.url.path}"
+    return JSONResponse(error_body("method not allowed", message), status_code=405)
+
+
+def _open(app: Starlette, settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry.open(settings.registry_sqlalchemy_url)
+    created = registry.bootstrap(settings.init_org, settings.init_bucket, settings.init_token)
+    if created is not None:
+        _announce_token(settings, created)
+    store = DuckDBStore(
+        settings.telemetry_path,
+        memory_limit=settings.duckdb_memory_limit,
+        threads=settings.duckdb_threads,
+        compact_rows=settings.compact_rows,
+    )
+    service: TelemetryService | None = None
+
+    def maintain(idle: bool) -> None:
+        if service is not None:
+            service.maintain(idle, registry.all_buckets)
+
+    writer = GroupCommitWriter(store, max_queued_points=settings.write_queue_points, maintenance=maintain)
+    service = TelemetryService(store, writer, registry.schema)
+    writer.start()
+    app.state.registry = registry
+    app.state.telemetry = service
+    app.state.ready = True
+
+
+def _announce_token(settings: Settings, token: str) -> None:
+    if settings.init_token:
+        return
+    path = settings.token_path
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(token + "\n")
+    print(f"Motes created the operator token (shown once, also in {path}, mode 0600):\n{token}")
+
+
+def _close(app: Starlette) -> None:
+    app.state.ready = False
+    service: TelemetryService | None = getattr(app.state, "telemetry", None)
+    if service is not None:
+        service.writer.stop()
+        service.store.close()
+    registry: Registry | None = getattr(app.state, "registry", None)
+    if registry is not None:
+        registry.close()

@@ -1,0 +1,280 @@
+"""HTTP client of the Motes API, as the CLI uses it.
+
+    with MotesClient("http://127.0.0.1:8086", token="...", org="main") as client:
+        client.list_buckets()
+        rejected = client.write(b"env,device=d1 t=21.5", bucket="telemetry", precision="ns")
+        client.query_json([("bucket", "telemetry"), ("measurement", "env")])
+
+Every failure is a :class:`MotesError` whose message is fit to show the user:
+:class:`Unreachable` (no answer at the URL) or :class:`ApiError` (the server refused; it
+carries ``status`` and the server's ``message``). Only writes are retried — on 429/503,
+honouring Retry-After, and on network errors — because a write batch is what a long
+upload must not lose; other calls fail fast so that a typo in --url shows at once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from motes import __version__
+
+DEFAULT_URL = "http://127.0.0.1:8086"
+WRITE_PATH = "/api/v2/write"
+RETRY_STATUSES = frozenset({429, 503})
+MAX_WAIT_SECONDS = 60.0  # caps both Retry-After and the backoff: a CLI should not hang
+
+Params = Sequence[tuple[str, str | int]]
+
+
+class MotesError(Exception):
+    """A failure to report as ``Error: <message>``, without a traceback."""
+
+
+class Unreachable(MotesError):
+    """No HTTP answer: connection refused, timeout, DNS, ..."""
+
+
+class ApiError(MotesError):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    @classmethod
+    def from_response(cls, response: httpx.Response, suffix: str = "") -> ApiError:
+        body = _json_or_none(response)
+        message = body.get("message") if isinstance(body, dict) else None
+        code = body.get("code") if isinstance(body, dict) else None
+        if not isinstance(message, str) or not message:
+            text = response.text.strip()[:200]
+            message = f"HTTP {response.status_code} {response.reason_phrase}" + (
+                f": {text}" if text else ""
+            )
+        return cls(response.status_code, message + suffix, code if isinstance(code, str) else None)
+
+
+@dataclass(frozen=True)
+class LineError:
+    """One line the server rejected: its 1-based number within the batch body, and why."""
+
+    line: int | None
+    message: str
+
+
+class MotesClient:
+    """The Motes HTTP API with the CLI's policy: base URL, token, org, write retries.
+
+    ``transport`` and ``sleep`` are for tests (an ``httpx.MockTransport``, a recorder).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        org: str = "main",
+        *,
+        retries: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        # "localhost:8086" is what people type; httpx would read "localhost" as the scheme.
+        self.url = url if "://" in url else f"http://{url}"
+        self.org = org
+        self.retries = retries
+        self.backoff = backoff
+        self._sleep = sleep
+        headers = {"User-Agent": f"motes-cli/{__version__}"}
+        if token:
+            headers["Authorization"] = f"Token {token}"
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            transport=transport,
+        )
+
+    def __enter__(self) -> MotesClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plain calls -----------------------------------------------------------------------
+
+    def health(self, timeout: float = 2.0) -> dict[str, Any]:
+        """``GET /health``: ``{"status": "pass", "version": "..."}``."""
+        return _json_object(self._send("GET", "/health", timeout=timeout))
+
+    def list_buckets(self) -> list[dict[str, Any]]:
+        body = _json_object(self._send("GET", "/api/v1/buckets", params={"org": self.org}))
+        buckets = body.get("buckets", [])
+        if not isinstance(buckets, list):
+            raise MotesError("unexpected answer from the server: 'buckets' is not a list")
+        return [b for b in buckets if isinstance(b, dict)]
+
+    def create_bucket(self, name: str, retention: str) -> dict[str, Any]:
+        payload = {"name": name, "org": self.org, "retention": retention}
+        return _json_object(self._send("POST", "/api/v1/buckets", json=payload))
+
+    def delete_bucket(self, name: str) -> None:
+        self._send("DELETE", f"/api/v1/buckets/{quote(name, safe='')}", params={"org": self.org})
+
+    def query_json(self, params: Params) -> dict[str, Any]:
+        return _json_object(self._send("GET", "/api/v1/query", params=params))
+
+    def query_csv(self, params: Params) -> str:
+        headers = {"Accept": "text/csv"}
+        return self._send("GET", "/api/v1/query", params=params, headers=headers).text
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400:
+            raise ApiError.from_response(response)
+        return response
+
+    def _unreachable(self, exc: httpx.TransportError) -> Unreachable:
+        if isinstance(exc, httpx.ConnectError):
+            return Unreachable(f"cannot reach Motes at {self.url} (is `motes serve` running?)")
+        if isinstance(exc, httpx.TimeoutException):
+            return Unreachable(f"Motes at {self.url} did not answer in time")
+        return Unreachable(f"connection to Motes at {self.url} failed: {exc}")
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def write(
+        self,
+        body: bytes,
+        *,
+        bucket: str | None,
+        precision: str,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> list[LineError]:
+        """Send line protocol (gzip-compressed); the lines the server rejected, if any.
+
+        A 400 that lists ``errors`` is a partial write: the other lines were stored, so
+        it is a result, not an exception. Anything else that is not 2xx raises ApiError.
+        """
+        params: dict[str, str] = {"org": self.org, "precision": precision}
+        if bucket:
+            params["bucket"] = bucket
+        content = gzip.compress(body, compresslevel=6, mtime=0)
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip"}
+        attempt = 0
+        while True:
+            try:
+                response = self._http.post(
+                    WRITE_PATH, params=params, content=content, headers=headers
+                )
+            except httpx.TransportError as exc:
+                # Resending is safe: a point written twice overwrites itself.
+                if attempt >= self.retries:
+                    raise self._unreachable(exc) from exc
+                reason = str(self._unreachable(exc))
+                self._pause(attempt, None, reason, on_retry)
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return _write_result(response)
+                if attempt >= self.retries:
+                    suffix = f" (gave up after {self.retries} retries)"
+                    raise ApiError.from_response(response, suffix)
+                reason = f"server busy (HTTP {response.status_code})"
+                self._pause(attempt, retry_after(response), reason, on_retry)
+            attempt += 1
+
+    def _pause(
+        self,
+        attempt: int,
+        hinted: float | None,
+        reason: str,
+        on_retry: Callable[[str], None] | None,
+    ) -> None:
+        delay = hinted if hinted is not None else self.backoff * 2**attempt
+        delay = min(delay, MAX_WAIT_SECONDS)
+        if on_retry is not None:
+            on_retry(f"{reason}; retry {attempt + 1}/{self.retries} in {delay:.1f}s")
+        self._sleep(delay)
+
+
+def _write_result(response: httpx.Response) -> list[LineError]:
+    if response.is_success:
+        return []
+    if response.status_code == 400:
+        errors = _line_errors(_json_or_none(response))
+        if errors:
+            return errors
+    raise ApiError.from_response(response)
+
+
+def _line_errors(body: object) -> list[LineError]:
+    """The ``errors`` list of a partial-write answer; empty if there is none."""
+    items = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        return []
+    errors: list[LineError] = []
+    for item in items:
+        if isinstance(item, dict):
+            line = item.get("line")
+            number = line if isinstance(line, int) and not isinstance(line, bool) else None
+            errors.append(LineError(number, str(item.get("message", "rejected"))))
+    return errors
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds asked for by a Retry-After header (delta-seconds or HTTP date), if any."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _json_or_none(response: httpx.Response) -> object:
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        return None
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    body = _json_or_none(response)
+    if not isinstance(body, dict):
+        raise MotesError(
+            f"unexpected answer from the server (HTTP {response.status_code}): "
+            f"{response.text.strip()[:200]!r}"
+        )
+    return body

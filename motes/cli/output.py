@@ -1,0 +1,73 @@
+"""Text output of the CLI: fixed-width tables.
+
+    print(format_table(["ID", "Name"], [["0a1", "telemetry"]]))
+    # ID   Name
+    # 0a1  telemetry
+
+    for block in format_query_tables(response["tables"]):
+        print(block)        # "Table: measurement=env device=d1" + a fixed-width table
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from motes.cli.duration import format_retention
+
+BUCKET_COLUMNS = ["ID", "Name", "Retention", "Org"]
+_GAP = "  "
+
+
+def format_value(value: object) -> str:
+    """A JSON value as a table cell: null is empty, booleans are lower case."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns two spaces apart; no trailing spaces."""
+    cells = [[format_value(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, cell in enumerate(row[: len(widths)]):
+            widths[i] = max(widths[i], len(cell))
+    lines = [headers, *cells]
+    return "\n".join(
+        _GAP.join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip()
+        for line in lines
+    )
+
+
+def bucket_row(bucket: Mapping[str, Any]) -> list[object]:
+    return [
+        bucket.get("id", ""),
+        bucket.get("name", ""),
+        format_retention(bucket.get("retention")),
+        bucket.get("org", ""),
+    ]
+
+
+def format_buckets(buckets: Sequence[Mapping[str, Any]]) -> str:
+    return format_table(BUCKET_COLUMNS, [bucket_row(b) for b in buckets])
+
+
+def table_title(table: Mapping[str, Any]) -> str:
+    """``Table: measurement=env device=d1`` (tags sorted by key)."""
+    tags = table.get("tags") or {}
+    parts = [f"measurement={table.get('measurement', '')}"]
+    parts += [f"{k}={format_value(tags[k])}" for k in sorted(tags)]
+    return "Table: " + " ".join(parts)
+
+
+def format_query_tables(tables: Sequence[Mapping[str, Any]]) -> Iterator[str]:
+    """One text block per result table: its title line, then its rows."""
+    for table in tables:
+        columns = [str(c) for c in table.get("columns") or []]
+        values = table.get("values") or []
+        yield table_title(table) + "\n" + format_table(columns, values)

@@ -1,0 +1,425 @@
+"""``motes write``: stream a line-protocol or CSV file to the server in batches.
+
+    job = WriteJob(path=Path("data.lp"), fmt="lp", bucket="telemetry")
+    with job.path.open("rb") as stream:
+        summary = run_write(client, job, stream, advance=bar.update, notify=print)
+
+- The input is read as bytes, record by record — a line, or for CSV a row, which may
+  span lines inside quotes — keeping each record's line number and the byte offset
+  after it. Blank lines and ``#`` comments are skipped.
+- Records go out in batches of ``batch_size``, gzip-compressed (see MotesClient.write,
+  which also retries busy answers and network errors).
+- Lines the server rejects (numbered 1.. within the batch body) are mapped back to file
+  lines and appended to the report: ``# line N: message`` then the original line, so
+  the report can be fixed and sent again with ``motes write -f FILE.rejected``.
+- After each acknowledged batch its end offset and line go to ``FILE.motes-progress``
+  (temp file + rename, so a crash leaves the old or the new one, never half of one);
+  ``--resume`` starts there. The progress file is removed when the file is done.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+from motes.cli.client import MotesClient, MotesError
+from motes.cli.csvconv import CsvConverter, CsvOptions, HeaderError, parse_row
+from motes.cli.lineproto import count_fields
+
+Format = Literal["lp", "csv"]
+
+PROGRESS_SUFFIX = ".motes-progress"
+REPORT_SUFFIX = ".rejected"
+STDIN_REPORT = Path("stdin.rejected")
+# Well under the server's default 32 MiB body limit, whatever --batch-size says.
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+
+
+def _ignore(_: object) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class WriteJob:
+    """What to write where. ``path`` None means stdin (not resumable)."""
+
+    path: Path | None
+    fmt: Format = "lp"
+    bucket: str | None = None
+    precision: str = "ns"
+    batch_size: int = 5000
+    resume: bool = False
+    errors_path: Path | None = None
+    csv: CsvOptions = field(default_factory=CsvOptions)
+
+    @property
+    def report_path(self) -> Path:
+        if self.errors_path is not None:
+            return self.errors_path
+        if self.path is None:
+            return STDIN_REPORT
+        return self.path.with_name(self.path.name + REPORT_SUFFIX)
+
+    @property
+    def progress_path(self) -> Path | None:
+        return None if self.path is None else self.path.with_name(self.path.name + PROGRESS_SUFFIX)
+
+
+@dataclass
+class Summary:
+    """What a run did (this run only, when resuming)."""
+
+    written: int = 0
+    points: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    resumed_at: int | None = None
+    report: Path | None = None
+    next_line: int = 1
+
+    @property
+    def points_per_second(self) -> float:
+        return self.points / self.seconds if self.seconds > 0 else 0.0
+
+
+class WriteStopped(MotesError):
+    """The server refused a batch (or never answered); earlier batches are stored."""
+
+    def __init__(self, message: str, summary: Summary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def detect_format(path: Path | None, fmt: str | None) -> Format:
+    """``--format`` if given, else by extension: ``.csv`` (also ``.csv.rejected``) is CSV."""
+    if fmt is not None:
+        return "csv" if fmt == "csv" else "lp"
+    if path is None:
+        return "lp"
+    name = path.name.lower().removesuffix(REPORT_SUFFIX)
+    return "csv" if name.endswith(".csv") else "lp"
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    """One data record: its first and last line numbers, the offset after it, its bytes."""
+
+    line: int
+    last_line: int
+    end: int
+    raw: bytes
+
+
+def read_records(
+    stream: IO[bytes], *, offset: int = 0, line: int = 1, csv: bool = False
+) -> Iterator[Record]:
+    """Records from the stream's position, which is byte ``offset`` and line ``line``."""
+    buf, start, quotes = b"", line, 0
+    for chunk in stream:
+        at_start = offset == 0
+        offset += len(chunk)  # before stripping a BOM: offsets are for seeking
+        if at_start:
+            chunk = chunk.removeprefix(codecs.BOM_UTF8)  # spreadsheets like to add one
+        buf += chunk
+        quotes += chunk.count(b'"') if csv else 0
+        if quotes % 2:  # an open quoted CSV cell: the record goes on on the next line
+            line += 1
+            continue
+        if not _skipped(buf):
+            yield Record(start, line, offset, _strip_eol(buf))
+        line += 1
+        buf, start, quotes = b"", line, 0
+    if buf and not _skipped(buf):  # an unterminated quote at the end of the input
+        yield Record(start, line - 1, offset, _strip_eol(buf))
+
+
+def _strip_eol(raw: bytes) -> bytes:
+    return raw.removesuffix(b"\n").removesuffix(b"\r")
+
+
+def _skipped(raw: bytes) -> bool:
+    text = raw.strip()
+    return not text or text.startswith(b"#")
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Consecutive records: those to send (``sent``/``lines``) and those refused locally."""
+
+    sent: list[Record] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    refused: list[tuple[Record, str]] = field(default_factory=list)
+    end: int = 0
+    last_line: int = 0
+    size: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sent) + len(self.refused)
+
+    def add(self, record: Record, convert: Callable[[Record], bytes]) -> None:
+        try:
+            line = convert(record)
+        except ValueError as exc:
+            self.refused.append((record, str(exc)))
+        else:
+            self.sent.append(record)
+            self.lines.append(line)
+            self.size += len(line) + 1
+        self.end, self.last_line = record.end, record.last_line
+
+    def body(self) -> bytes:
+        return b"\n".join(self.lines)
+
+
+def batches(
+    records: Iterator[Record], convert: Callable[[Record], bytes], batch_size: int
+) -> Iterator[Batch]:
+    batch = Batch()
+    for record in records:
+        batch.add(record, convert)
+        if len(batch) >= batch_size or batch.size >= MAX_BATCH_BYTES:
+            yield batch
+            batch = Batch()
+    if len(batch):
+        yield batch
+
+
+# -- progress and report ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the last acknowledged batch ended: byte offset, and the number of its last line."""
+
+    offset: int = 0
+    line: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> Progress | None:
+        try:
+            data = json.loads(path.read_text())
+            return cls(offset=int(data["offset"]), line=int(data["line"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MotesError(f"{path} is damaged ({exc}); delete it to start over") from exc
+
+    def save(self, path: Path) -> None:
+        """Replace ``path`` atomically: a crash leaves the previous progress or this one."""
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w") as fh:
+            json.dump({"offset": self.offset, "line": self.line}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+
+ReportEntry = tuple[int, str, bytes | None]
+
+
+class RejectReport:
+    """The errors report, created on the first rejected line (for CSV, header first)."""
+
+    def __init__(self, path: Path, *, append: bool, header: bytes | None = None) -> None:
+        self.path = path
+        self.append = append
+        self.header = header
+        self._fh: IO[bytes] | None = None
+
+    def add(self, entries: list[ReportEntry]) -> None:
+        """Write ``(file line, message, original bytes)`` entries, in file order."""
+        if not entries:
+            return
+        fh = self._open()
+        for line, message, raw in sorted(entries, key=lambda entry: entry[0]):
+            note = " ".join(message.split())  # one comment line, whatever the message holds
+            fh.write(f"# line {line}: {note}\n".encode())
+            if raw is not None:
+                fh.write(raw + b"\n")
+        fh.flush()
+
+    def _open(self) -> IO[bytes]:
+        if self._fh is None:
+            fresh = not self.append or not self.path.exists() or self.path.stat().st_size == 0
+            self._fh = self.path.open("wb" if fresh else "ab")
+            if fresh and self.header is not None:
+                self._fh.write(self.header + b"\n")
+        return self._fh
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def run_write(
+    client: MotesClient,
+    job: WriteJob,
+    stream: IO[bytes],
+    *,
+    advance: Callable[[int], None] = _ignore,
+    notify: Callable[[str], None] = _ignore,
+) -> Summary:
+    """Write all of ``stream`` (the file of ``job.path``, or stdin); raises WriteStopped.
+
+    ``advance(n)`` is called with the bytes each batch consumed (for a progress bar),
+    ``notify(text)`` with remarks such as retries.
+    """
+    started = time.monotonic()
+    start = _starting_point(job, stream, notify)
+    records, convert, header = _records(job, stream, start)
+    summary = Summary(
+        resumed_at=start.line + 1 if start.offset else None, next_line=start.line + 1
+    )
+    report = RejectReport(job.report_path, append=start.offset > 0, header=header)
+    advance(start.offset)
+    done = start.offset
+    try:
+        for batch in batches(records, convert, job.batch_size):
+            _send(client, job, batch, report, summary, notify)
+            if job.progress_path is not None:
+                Progress(batch.end, batch.last_line).save(job.progress_path)
+            advance(batch.end - done)
+            done = batch.end
+    except MotesError as exc:
+        raise WriteStopped(_stopped_message(exc, job, summary), summary) from exc
+    finally:
+        report.close()
+        summary.seconds = time.monotonic() - started
+    if job.progress_path is not None:
+        job.progress_path.unlink(missing_ok=True)
+    return summary
+
+
+def _starting_point(job: WriteJob, stream: IO[bytes], notify: Callable[[str], None]) -> Progress:
+    path = job.progress_path
+    if path is None:
+        if job.resume:
+            raise MotesError("--resume needs a file: standard input cannot be resumed")
+        return Progress()
+    if not job.resume:
+        if path.exists():
+            notify(f"starting from the top: discarding {path.name} (--resume would continue it)")
+            path.unlink()
+        return Progress()
+    saved = Progress.load(path)
+    if saved is None:
+        notify(f"nothing to resume ({path.name} not found): starting from the top")
+        return Progress()
+    _check_resumable(stream, saved, path)
+    return saved
+
+
+def _check_resumable(stream: IO[bytes], saved: Progress, path: Path) -> None:
+    """The saved offset must still end a line of the file, or the file has changed."""
+    size = stream.seek(0, os.SEEK_END)
+    ends_line = saved.offset == 0
+    if 0 < saved.offset <= size:
+        stream.seek(saved.offset - 1)
+        ends_line = stream.read(1) == b"\n"
+    stream.seek(0)
+    if not ends_line:
+        raise MotesError(
+            f"the file changed since {path.name} was saved; delete it to start over"
+        )
+
+
+def _records(
+    job: WriteJob, stream: IO[bytes], start: Progress
+) -> tuple[Iterator[Record], Callable[[Record], bytes], bytes | None]:
+    """The records to send, how to turn one into a line, and the CSV header (if CSV)."""
+    csv = job.fmt == "csv"
+    records = read_records(stream, csv=csv)
+    convert: Callable[[Record], bytes] = _as_is
+    header: Record | None = None
+    if csv:
+        header = next(records, None)
+        if header is None:
+            return iter(()), convert, None
+        convert = _csv_convert(_converter(header, job))
+    if start.offset:
+        stream.seek(start.offset)
+        records = read_records(stream, offset=start.offset, line=start.line + 1, csv=csv)
+    return records, convert, None if header is None else header.raw
+
+
+def _as_is(record: Record) -> bytes:
+    return record.raw
+
+
+def _converter(header: Record, job: WriteJob) -> CsvConverter:
+    try:
+        return CsvConverter(parse_row(header.raw.decode()), job.csv)
+    except (HeaderError, UnicodeDecodeError) as exc:
+        raise MotesError(f"CSV header (line {header.line}): {exc}") from exc
+
+
+def _csv_convert(converter: CsvConverter) -> Callable[[Record], bytes]:
+    def convert(record: Record) -> bytes:
+        # UnicodeDecodeError is a ValueError: such a row is refused like any bad row.
+        return converter.convert(parse_row(record.raw.decode()))
+
+    return convert
+
+
+def _send(
+    client: MotesClient,
+    job: WriteJob,
+    batch: Batch,
+    report: RejectReport,
+    summary: Summary,
+    notify: Callable[[str], None],
+) -> None:
+    """Send one batch and account for it: summary counts and report entries."""
+    errors = []
+    if batch.lines:
+        errors = client.write(
+            batch.body(), bucket=job.bucket, precision=job.precision, on_retry=notify
+        )
+    messages: dict[int, list[str]] = {}
+    unmapped: list[str] = []
+    for error in errors:
+        index = (error.line or 0) - 1
+        if 0 <= index < len(batch.sent):
+            messages.setdefault(index, []).append(error.message)
+        else:
+            unmapped.append(error.message)
+    entries: list[ReportEntry] = [(rec.line, msg, rec.raw) for rec, msg in batch.refused]
+    entries += [(batch.sent[i].line, "; ".join(m), batch.sent[i].raw) for i, m in messages.items()]
+    if unmapped:
+        first = batch.sent[0].line
+        span = f"(somewhere in lines {first}-{batch.last_line})"
+        entries += [(first, f"{span} {message}", None) for message in unmapped]
+    report.add(entries)
+    accepted = [line for i, line in enumerate(batch.lines) if i not in messages]
+    summary.written += len(accepted)
+    summary.points += sum(count_fields(line) for line in accepted)
+    summary.rejected += len(entries)
+    summary.next_line = batch.last_line + 1
+    if entries:
+        summary.report = report.path
+
+
+def _stopped_message(exc: MotesError, job: WriteJob, summary: Summary) -> str:
+    message = str(exc)
+    if job.path is not None and summary.next_line > 1:
+        message += (
+            f"\n{summary.written} lines were written before it stopped; run the same command"
+            f" with --resume to continue from line {summary.next_line}"
+        )
+    return message

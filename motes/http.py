@@ -1,0 +1,171 @@
+"""HTTP plumbing shared by every API module: one error shape, auth, bounded bodies.
+
+Every error leaves as ``{"code": "...", "message": "...", "errors": [...]?}`` — the shape
+InfluxDB's v2 API uses, so its clients show our messages — and exceptions are mapped to
+status codes in exactly one place, :func:`error_response`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import zlib
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from motes.registry.models import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RegistryError,
+    Token,
+    Unauthorized,
+)
+from motes.telemetry.codecs import UnsupportedMediaType
+from motes.telemetry.models import (
+    DecodeError,
+    Overloaded,
+    QueryError,
+    TelemetryError,
+    UnknownBucket,
+    WriteRejected,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_ERRORS = 100
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body too large: the limit is {limit} bytes")
+        self.limit = limit
+
+
+class BadRequest(Exception):
+    """A request-level problem (bad parameter, bad encoding) -> 400."""
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+def error_body(code: str, message: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if errors:
+        body["errors"] = errors[:MAX_LISTED_ERRORS]
+        if len(errors) > MAX_LISTED_ERRORS:
+            body["errors_truncated"] = len(errors) - MAX_LISTED_ERRORS
+    return body
+
+
+STATUS: list[tuple[type[Exception], int, str]] = [
+    (Unauthorized, 401, "unauthorized"),
+    (Forbidden, 403, "forbidden"),
+    (NotFound, 404, "not found"),
+    (UnknownBucket, 404, "not found"),
+    (Conflict, 409, "conflict"),
+    (BodyTooLarge, 413, "request too large"),
+    (UnsupportedMediaType, 415, "unsupported media type"),
+    (Overloaded, 503, "unavailable"),
+    (WriteRejected, 400, "invalid"),
+    (DecodeError, 400, "invalid"),
+    (QueryError, 400, "invalid"),
+    (Invalid, 400, "invalid"),
+    (BadRequest, 400, "invalid"),
+    (RegistryError, 400, "invalid"),
+    (TelemetryError, 500, "internal error"),
+]
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    """The one place exceptions become HTTP statuses."""
+    for kind, status, code in STATUS:
+        if isinstance(exc, kind):
+            break
+    else:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal error", "internal server error"), status_code=500)
+    message = getattr(exc, "message", None) or str(exc)
+    errors = [e.to_dict() for e in getattr(exc, "errors", [])]
+    headers = {}
+    if isinstance(exc, Overloaded):
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Token realm="motes"'
+    return JSONResponse(error_body(code, message, errors), status_code=status, headers=headers)
+
+
+def token_from(request: Request) -> str:
+    """The API token: ``Authorization: Token|Bearer <t>``, v1 Basic auth or ``?p=<t>``."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    scheme = scheme.lower()
+    if scheme in ("token", "bearer") and value.strip():
+        return value.strip()
+    if scheme == "basic" and value:
+        try:
+            _, _, password = base64.b64decode(value).decode().partition(":")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Unauthorized("unauthorized access: malformed Basic credentials") from exc
+        if password:
+            return password
+    if request.query_params.get("p"):
+        return request.query_params["p"]
+    if header:
+        raise Unauthorized('unauthorized access: use "Authorization: Token <token>"')
+    raise Unauthorized("unauthorized access: missing Authorization header")
+
+
+def authenticate(request: Request) -> Token:
+    registry = request.app.state.registry
+    token: Token = registry.authenticate(token_from(request))
+    return token
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, gunzipped if sent so, refused past ``limit`` bytes either way."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding == "gzip":
+        return gunzip(body, limit)
+    if encoding not in ("identity", ""):
+        raise UnsupportedMediaType(f'unsupported Content-Encoding "{encoding}": use gzip or none')
+    return body
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"invalid gzip body: {exc}") from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise BodyTooLarge(limit)
+    if not inflater.eof:
+        raise BadRequest("invalid gzip body: truncated")
+    return out
+
+
+def json_body(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON body: {exc}") from exc

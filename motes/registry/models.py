@@ -1,0 +1,167 @@
+"""Registry data: orgs, buckets, API tokens, device records, measurement schemas.
+
+Exceptions::
+
+    RegistryError
+    ├── NotFound          (404)
+    ├── Conflict          name already taken (409)
+    ├── Invalid           bad values (400)
+    ├── Unauthorized      missing or unknown token (401)
+    └── Forbidden         token lacks the permission (403)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Action = Literal["read", "write"]
+
+
+@dataclass(frozen=True)
+class Org:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Bucket:
+    id: str
+    org_id: str
+    name: str
+    retention_seconds: int  # 0: keep forever
+
+    def to_dict(self, org_name: str) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "org": org_name,
+            "orgID": self.org_id,
+            "retentionSeconds": self.retention_seconds,
+            "retention": format_duration(self.retention_seconds),
+        }
+
+
+@dataclass(frozen=True)
+class Permission:
+    """``read``/``write`` on a resource: ``buckets`` (all) or ``buckets/<id>``."""
+
+    action: Action
+    resource: str
+
+    def __str__(self) -> str:
+        return f"{self.action}:{self.resource}"
+
+    @classmethod
+    def parse(cls, text: str) -> Permission:
+        action, _, resource = text.partition(":")
+        if action not in ("read", "write") or not resource:
+            raise Invalid(f'invalid permission "{text}": expected read:<resource> or write:<resource>')
+        return cls(action, resource)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Token:
+    id: str
+    org_id: str
+    description: str
+    all_access: bool
+    permissions: tuple[Permission, ...] = ()
+
+    def allows(self, action: Action, resource_type: str, resource_id: str) -> bool:
+        if self.all_access:
+            return True
+        return any(
+            p.action == action and p.resource in (resource_type, f"{resource_type}/{resource_id}")
+            for p in self.permissions
+        )
+
+
+@dataclass
+class DeviceRecord:
+    org_id: str
+    device: str
+    attributes: dict[str, object] = field(default_factory=dict)
+    attributes_updated_ns: int | None = None
+    last_seen_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    type: str
+    unit: str | None = None
+
+
+@dataclass(frozen=True)
+class MeasurementSchema:
+    bucket_id: str
+    measurement: str
+    fields: dict[str, FieldSpec]
+    strict: bool = True  # reject fields the schema does not name
+
+
+class RegistryError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class Conflict(RegistryError):
+    pass
+
+
+class Invalid(RegistryError):
+    pass
+
+
+class Unauthorized(RegistryError):
+    pass
+
+
+class Forbidden(RegistryError):
+    pass
+
+
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str | int) -> int:
+    """Seconds in an InfluxDB-style duration: ``parse_duration("1d12h") == 129600``; 0 = forever."""
+    if isinstance(text, int):
+        if text < 0:
+            raise Invalid("duration must not be negative")
+        return text
+    s = text.strip()
+    if s in ("", "0", "inf", "infinite"):
+        return 0
+    if s.isdigit():
+        return int(s)
+    total, num = 0, ""
+    for ch in s:
+        if ch.isdigit():
+            num += ch
+        elif ch in _UNITS and num:
+            total += int(num) * _UNITS[ch]
+            num = ""
+        else:
+            raise Invalid(f'invalid duration "{text}": use e.g. 30d, 72h, 90m, 0 for forever')
+    if num:
+        raise Invalid(f'invalid duration "{text}": a number needs a unit (w, d, h, m, s)')
+    return total
+
+
+def format_duration(seconds: int) -> str:
+    if seconds == 0:
+        return "infinite"
+    out = ""
+    for unit, size in _UNITS.items():
+        if unit == "w":
+            continue
+        if seconds >= size:
+            out += f"{seconds // size}{unit}"
+            seconds %= size
+    return out

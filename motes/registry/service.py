@@ -1,0 +1,314 @@
+"""Registry rules: first-start setup, buckets, tokens, device records, measurement schemas.
+
+    registry = Registry.open("sqlite:///motes-data/registry.sqlite")
+    token = registry.bootstrap("main", "telemetry", None)   # printed once if generated
+    auth = registry.authenticate(token)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from motes.registry import migrations
+from motes.registry.models import (
+    Bucket,
+    Conflict,
+    DeviceRecord,
+    FieldSpec,
+    Invalid,
+    MeasurementSchema,
+    NotFound,
+    Org,
+    Permission,
+    Token,
+    Unauthorized,
+)
+from motes.registry.tables import buckets, device_attribute_history, devices, measurement_schemas
+from motes.registry.tables import orgs, tokens
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
+TOKEN_CACHE_SECONDS = 5.0
+FIELD_TYPES = ("float", "integer", "unsigned", "boolean", "string")
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+def _new_id() -> str:
+    return secrets.token_hex(8)
+
+
+def hash_token(token: str) -> str:
+    # API tokens are 256-bit random strings, so a fast hash is as safe as a slow one here.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_name(kind: str, name: str) -> str:
+    if not NAME.match(name):
+        raise Invalid(
+            f'invalid {kind} name "{name}": use 1-255 letters, digits, ".", "_" or "-", '
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class Registry:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._token_cache: dict[str, tuple[float, Token]] = {}
+        self._attr_cache: dict[tuple[str, str], dict[str, Any]] = {}
+        self._schema_cache: dict[tuple[str, str], MeasurementSchema | None] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, url: str) -> Registry:
+        """Migrate the database at ``url`` to the latest schema and open it."""
+        migrations.upgrade(url)
+        engine = sa.create_engine(url)
+        if engine.dialect.name == "sqlite":
+            with engine.begin() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def bootstrap(self, org: str, bucket: str, token: str | None) -> str | None:
+        """Create org, bucket and operator token on an empty registry.
+
+        Returns the operator token when this call created it, else None.
+        """
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(sa.func.count()).select_from(orgs)).scalar_one():
+                return None
+            org_id = _new_id()
+            conn.execute(orgs.insert().values(id=org_id, name=check_name("org", org), created_ns=_now_ns()))
+        self.create_bucket(org_id, bucket, 0)
+        secret = token or secrets.token_urlsafe(32)
+        self._insert_token(org_id, "operator token (all access)", True, (), secret)
+        return secret
+
+    # -- orgs and buckets -----------------------------------------------------------------
+
+    def org_by_name(self, name: str) -> Org:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(orgs.c.id, orgs.c.name).where(orgs.c.name == name)).first()
+        if row is None:
+            raise NotFound(f'org "{name}" not found')
+        return Org(id=row.id, name=row.name)
+
+    def org(self, org_id: str) -> Org:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(orgs.c.id, orgs.c.name).where(orgs.c.id == org_id)).first()
+        if row is None:
+            raise NotFound(f'org "{org_id}" not found')
+        return Org(id=row.id, name=row.name)
+
+    def create_bucket(self, org_id: str, name: str, retention_seconds: int) -> Bucket:
+        check_name("bucket", name)
+        if retention_seconds < 0:
+            raise Invalid("retention must not be negative")
+        bucket = Bucket(id=_new_id(), org_id=org_id, name=name, retention_seconds=retention_seconds)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    buckets.insert().values(
+                        id=bucket.id,
+                        org_id=org_id,
+                        name=name,
+                        retention_seconds=retention_seconds,
+                        created_ns=_now_ns(),
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise Conflict(f'bucket "{name}" already exists') from exc
+        return bucket
+
+    def buckets(self, org_id: str) -> list[Bucket]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(buckets).where(buckets.c.org_id == org_id).order_by(buckets.c.name)
+            ).all()
+        return [Bucket(r.id, r.org_id, r.name, r.retention_seconds) for r in rows]
+
+    def all_buckets(self) -> list[Bucket]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(buckets)).all()
+        return [Bucket(r.id, r.org_id, r.name, r.retention_seconds) for r in rows]
+
+    def bucket_by_name(self, org_id: str, name: str) -> Bucket:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                sa.select(buckets).where(buckets.c.org_id == org_id, buckets.c.name == name)
+            ).first()
+        if r is None:
+            raise NotFound(f'bucket "{name}" not found')
+        return Bucket(r.id, r.org_id, r.name, r.retention_seconds)
+
+    def delete_bucket(self, bucket: Bucket) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(measurement_schemas.delete().where(measurement_schemas.c.bucket_id == bucket.id))
+            conn.execute(buckets.delete().where(buckets.c.id == bucket.id))
+        self._schema_cache.clear()
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def create_token(
+        self, org_id: str, description: str, permissions: list[str] | None
+    ) -> tuple[Token, str]:
+        """A new token; the secret is returned once and only its hash is stored."""
+        perms = tuple(Permission.parse(p) for p in permissions or [])
+        secret = secrets.token_urlsafe(32)
+        return self._insert_token(org_id, description, permissions is None, perms, secret), secret
+
+    def _insert_token(
+        self, org_id: str, description: str, all_access: bool, perms: tuple[Permission, ...], secret: str
+    ) -> Token:
+        token = Token(_new_id(), org_id, description, all_access, perms)
+        with self.engine.begin() as conn:
+            conn.execute(
+                tokens.insert().values(
+                    id=token.id,
+                    org_id=org_id,
+                    description=description,
+                    token_hash=hash_token(secret),
+                    all_access=all_access,
+                    permissions=[str(p) for p in perms],
+                    created_ns=_now_ns(),
+                )
+            )
+        return token
+
+    def authenticate(self, secret: str) -> Token:
+        digest = hash_token(secret)
+        cached = self._token_cache.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(tokens).where(tokens.c.token_hash == digest)).first()
+        if r is None:
+            raise Unauthorized("unauthorized access: invalid token")
+        token = Token(
+            r.id, r.org_id, r.description, bool(r.all_access),
+            tuple(Permission.parse(p) for p in r.permissions),
+        )
+        self._token_cache[digest] = (time.monotonic() + TOKEN_CACHE_SECONDS, token)
+        return token
+
+    # -- devices --------------------------------------------------------------------------
+
+    def record_attributes(self, org_id: str, device: str, attributes: dict[str, Any]) -> None:
+        """Merge a deviceinfo update into the device record; history keeps every change."""
+        key = (org_id, device)
+        with self._lock:
+            current = self._attr_cache.get(key)
+            if current is None:
+                current = self.device(org_id, device).attributes if self._has_device(key) else {}
+            merged = {**current, **attributes}
+            if merged == current and key in self._attr_cache:
+                return
+            now = _now_ns()
+            with self.engine.begin() as conn:
+                updated = conn.execute(
+                    devices.update()
+                    .where(devices.c.org_id == org_id, devices.c.device == device)
+                    .values(attributes=merged, attributes_updated_ns=now, last_seen_ns=now)
+                ).rowcount
+                if not updated:
+                    conn.execute(
+                        devices.insert().values(
+                            org_id=org_id, device=device, attributes=merged,
+                            attributes_updated_ns=now, last_seen_ns=now,
+                        )
+                    )
+                if merged != current:
+                    conn.execute(
+                        device_attribute_history.insert().values(
+                            org_id=org_id, device=device, time_ns=now, attributes=attributes
+                        )
+                    )
+            self._attr_cache[key] = merged
+
+    def _has_device(self, key: tuple[str, str]) -> bool:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(
+                    sa.select(devices.c.device).where(devices.c.org_id == key[0], devices.c.device == key[1])
+                ).first()
+                is not None
+            )
+
+    def device(self, org_id: str, device: str) -> DeviceRecord:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                sa.select(devices).where(devices.c.org_id == org_id, devices.c.device == device)
+            ).first()
+        if r is None:
+            raise NotFound(f'device "{device}" not found')
+        return DeviceRecord(org_id, device, dict(r.attributes), r.attributes_updated_ns, r.last_seen_ns)
+
+    def attribute_history(self, org_id: str, device: str, limit: int = 100) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(device_attribute_history.c.time_ns, device_attribute_history.c.attributes)
+                .where(
+                    device_attribute_history.c.org_id == org_id,
+                    device_attribute_history.c.device == device,
+                )
+                .order_by(device_attribute_history.c.time_ns.desc())
+                .limit(limit)
+            ).all()
+        return [{"time_ns": r.time_ns, "attributes": r.attributes} for r in rows]
+
+    # -- measurement schemas --------------------------------------------------------------
+
+    def set_schema(self, schema: MeasurementSchema) -> None:
+        for name, spec in schema.fields.items():
+            if spec.type not in FIELD_TYPES:
+                raise Invalid(f'field "{name}": type must be one of {", ".join(FIELD_TYPES)}')
+        values = {
+            "fields": {n: {"type": s.type, "unit": s.unit} for n, s in schema.fields.items()},
+            "strict": schema.strict,
+        }
+        with self.engine.begin() as conn:
+            conn.execute(
+                measurement_schemas.delete().where(
+                    measurement_schemas.c.bucket_id == schema.bucket_id,
+                    measurement_schemas.c.measurement == schema.measurement,
+                )
+            )
+            conn.execute(
+                measurement_schemas.insert().values(
+                    bucket_id=schema.bucket_id, measurement=schema.measurement, **values
+                )
+            )
+        self._schema_cache[(schema.bucket_id, schema.measurement)] = schema
+
+    def schema(self, bucket_id: str, measurement: str) -> MeasurementSchema | None:
+        key = (bucket_id, measurement)
+        if key in self._schema_cache:
+            return self._schema_cache[key]
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                sa.select(measurement_schemas).where(
+                    measurement_schemas.c.bucket_id == bucket_id,
+                    measurement_schemas.c.measurement == measurement,
+                )
+            ).first()
+        schema = None
+        if r is not None:
+            fields = {n: FieldSpec(v["type"], v.get("unit")) for n, v in r.fields.items()}
+            schema = MeasurementSchema(bucket_id, measurement, fields, bool(r.strict))
+        self._schema_cache[key] = schema
+        return schema

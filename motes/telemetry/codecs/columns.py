@@ -1,0 +1,276 @@
+"""Columnar assembly shared by the codecs: decoded field values -> :class:`Frame` objects.
+
+A codec either fills a :class:`PointsBuilder` point by point (reference parsers, SenML,
+JSON points) or produces a :class:`Points` directly from Arrow arrays (the line-protocol
+fast path). Both end in :func:`to_frames`, so every path builds frames the same way::
+
+    builder = PointsBuilder()
+    builder.add(1, "env", "device=d1", 1_700_000_000_000_000_000, {"temp": (FLOAT, 21.5)})
+    frames = to_frames(builder.build())
+
+Frames are canonical, so two decoders that agree on the points build equal frames: one
+frame per measurement in order of first appearance, rows in source-line order, tag-set
+dictionary in order of first appearance, field columns sorted by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from motes.telemetry.models import ARROW_TYPES, FIELD_TYPES, Frame, PointError
+
+Ints = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+
+# Kind codes index FIELD_TYPES, so a column's Arrow type is ARROW_TYPES[FIELD_TYPES[kind]].
+FLOAT, INTEGER, UNSIGNED, BOOLEAN, STRING = range(5)
+KIND_TYPES = [ARROW_TYPES[name] for name in FIELD_TYPES]
+TAGSET_TYPE = pa.dictionary(pa.int32(), pa.string())
+
+
+@dataclass
+class Points:
+    """Decoded points before they become frames.
+
+    Rows are points (``line``, ``series``, ``time``); records are field values, each
+    pointing at its row, its key, its kind and its ``slot`` in ``values[kind]``.
+    Records of a row are in source order (``pos``), and rows in source-line order.
+    """
+
+    line: Ints  # 1-based source line (or record) per row
+    series: Ints  # per row, index into series_names
+    series_names: list[tuple[str, str]]  # distinct (measurement, tag set)
+    time: Ints  # ns since the epoch, meaningful where has_time
+    has_time: Bools
+    row: Ints  # per record
+    key: Ints  # per record, index into keys
+    keys: list[str]
+    pos: Ints  # per record, position within its row
+    kind: Ints  # per record, FLOAT..STRING
+    slot: Ints  # per record, index into values[kind]
+    values: list[pa.Array]
+
+    def take_rows(self, keep: Bools) -> Points:
+        """The points whose rows are marked in ``keep`` (records follow their rows)."""
+        new_row = np.cumsum(keep) - 1
+        rec = keep[self.row]
+        return Points(
+            self.line[keep], self.series[keep], self.series_names, self.time[keep],
+            self.has_time[keep], new_row[self.row[rec]], self.key[rec], self.keys,
+            self.pos[rec], self.kind[rec], self.slot[rec], self.values,
+        )  # fmt: skip
+
+
+def empty_points() -> Points:
+    """Points with no rows."""
+    none = np.zeros(0, np.int64)
+    values = [pa.array([], typ) for typ in KIND_TYPES]
+    return Points(none, none, [], none, none.astype(bool), none, none, [], none, none, none,
+                  values)  # fmt: skip
+
+
+class PointsBuilder:
+    """Collects points one at a time (Python values) and builds :class:`Points`."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str], int] = {}
+        self._keys: dict[str, int] = {}
+        self._rows: list[tuple[int, int, int | None]] = []
+        self._records: list[tuple[int, int, int, int, int]] = []
+        self._values: list[list[object]] = [[] for _ in KIND_TYPES]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(
+        self,
+        line: int,
+        measurement: str,
+        tagset: str,
+        time: int | None,
+        fields: Mapping[str, tuple[int, object]],
+    ) -> None:
+        """Add one point; ``fields`` maps key -> (kind, value), in source order."""
+        row = len(self._rows)
+        series = self._series.setdefault((measurement, tagset), len(self._series))
+        self._rows.append((line, series, time))
+        for pos, (name, (kind, value)) in enumerate(fields.items()):
+            key = self._keys.setdefault(name, len(self._keys))
+            values = self._values[kind]
+            self._records.append((row, key, pos, kind, len(values)))
+            values.append(value)
+
+    def build(self) -> Points:
+        if not self._rows:
+            return empty_points()
+        lines, series, times = zip(*self._rows, strict=True)
+        rec = np.array(self._records, np.int64).reshape(-1, 5)
+        time = np.array([0 if t is None else t for t in times], np.int64)
+        return Points(
+            np.array(lines, np.int64), np.array(series, np.int64), list(self._series),
+            time, np.array([t is not None for t in times], bool),
+            rec[:, 0], rec[:, 1], list(self._keys), rec[:, 2], rec[:, 3], rec[:, 4],
+            [pa.array(v, typ) for v, typ in zip(self._values, KIND_TYPES, strict=True)],
+        )  # fmt: skip
+
+
+def concat(parts: Sequence[Points]) -> Points:
+    """One :class:`Points` from several, rows re-sorted by source line."""
+    parts = [p for p in parts if len(p.line)]
+    if len(parts) <= 1:
+        return parts[0] if parts else empty_points()
+    series: dict[tuple[str, str], int] = {}
+    keys: dict[str, int] = {}
+    cols: dict[str, list[Ints]] = {n: [] for n in ("series", "key", "row", "slot")}
+    rows, slots = 0, np.zeros(len(KIND_TYPES), np.int64)
+    for p in parts:
+        smap = np.array([series.setdefault(s, len(series)) for s in p.series_names], np.int64)
+        kmap = np.array([keys.setdefault(k, len(keys)) for k in p.keys], np.int64)
+        cols["series"].append(smap[p.series])
+        cols["key"].append(kmap[p.key])
+        cols["row"].append(p.row + rows)
+        cols["slot"].append(p.slot + slots[p.kind])
+        rows += len(p.line)
+        slots = slots + [len(v) for v in p.values]
+    merged = Points(
+        np.concatenate([p.line for p in parts]), np.concatenate(cols["series"]), list(series),
+        np.concatenate([p.time for p in parts]), np.concatenate([p.has_time for p in parts]),
+        np.concatenate(cols["row"]), np.concatenate(cols["key"]), list(keys),
+        np.concatenate([p.pos for p in parts]), np.concatenate([p.kind for p in parts]),
+        np.concatenate(cols["slot"]),
+        [pa.concat_arrays([p.values[k] for p in parts]) for k in range(len(KIND_TYPES))],
+    )  # fmt: skip
+    return _sort_rows(merged)
+
+
+def _sort_rows(p: Points) -> Points:
+    order = np.argsort(p.line, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    row = rank[p.row]
+    rec = np.lexsort((p.pos, row))
+    return Points(
+        p.line[order], p.series[order], p.series_names, p.time[order], p.has_time[order],
+        row[rec], p.key[rec], p.keys, p.pos[rec], p.kind[rec], p.slot[rec], p.values,
+    )  # fmt: skip
+
+
+# -- type conflicts ---------------------------------------------------------------------------
+
+
+def conflict_message(key: str, expected: int, found: int) -> str:
+    """The error every codec reports for a field value of the wrong type."""
+    return (
+        f'field type conflict within batch: "{key}" is {FIELD_TYPES[expected]}'
+        f" and {FIELD_TYPES[found]}"
+    )
+
+
+def field_groups(p: Points) -> tuple[Ints, Ints, Ints]:
+    """Records grouped by (measurement, key): (order, group starts, group id per record).
+
+    ``order`` lists records group by group, each group in source order.
+    """
+    meas_ids: dict[str, int] = {}
+    meas = np.array([meas_ids.setdefault(m, len(meas_ids)) for m, _ in p.series_names], np.int64)
+    composite = meas[p.series[p.row]] * max(len(p.keys), 1) + p.key
+    order = np.argsort(composite, kind="stable")
+    ordered = composite[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    group = np.empty(len(order), np.int64)
+    group[order] = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1
+    return order, starts, group
+
+
+def reject_conflicts(p: Points, expected: Ints) -> tuple[Points, list[PointError]]:
+    """Drop rows holding a value whose kind differs from ``expected`` (per record).
+
+    Each rejected row is reported once, naming its first conflicting field.
+    """
+    wrong = np.flatnonzero(p.kind != expected)
+    if not len(wrong):
+        return p, []
+    errors: dict[int, PointError] = {}
+    for rec in wrong.tolist():
+        row = int(p.row[rec])
+        if row not in errors:
+            message = conflict_message(p.keys[p.key[rec]], int(expected[rec]), int(p.kind[rec]))
+            errors[row] = PointError(int(p.line[row]), message)
+    keep = np.ones(len(p.line), bool)
+    keep[list(errors)] = False
+    return p.take_rows(keep), list(errors.values())
+
+
+def first_kind_wins(p: Points) -> tuple[Points, list[PointError]]:
+    """Line-protocol rule: a field's type is the type of its first value in the body."""
+    if not len(p.row):
+        return p, []
+    order, starts, group = field_groups(p)
+    return reject_conflicts(p, p.kind[order[starts]][group])
+
+
+# -- frames -----------------------------------------------------------------------------------
+
+
+def to_frames(p: Points) -> list[Frame]:
+    """Canonical frames for ``p`` (whose rows are in source-line order)."""
+    if not len(p.line):
+        return []
+    meas_names: dict[str, int] = {}
+    meas_of_series = np.array(
+        [meas_names.setdefault(m, len(meas_names)) for m, _ in p.series_names], np.int64
+    )
+    meas = meas_of_series[p.series]
+    first_rows = np.unique(meas, return_index=True)[1]
+    rows_by_meas = np.argsort(meas, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(meas, minlength=len(meas_names)))]
+    # Row position inside its frame, for every row: where each record lands.
+    frame_row = np.empty(len(meas), np.int64)
+    for m in range(len(meas_names)):
+        frame_row[rows_by_meas[bounds[m] : bounds[m + 1]]] = np.arange(bounds[m + 1] - bounds[m])
+    columns = _columns(p, meas[p.row], frame_row, np.diff(bounds))
+    names = list(meas_names)
+    frames = []
+    for m in sorted(range(len(names)), key=lambda m: first_rows[m]):
+        rows = rows_by_meas[bounds[m] : bounds[m + 1]]
+        frames.append(_frame(p, names[m], rows, columns[m]))
+    return frames
+
+
+def _columns(
+    p: Points, rec_meas: Ints, frame_row: Ints, sizes: Ints
+) -> list[dict[str, pa.Array]]:
+    """Field columns per measurement, each as long as its frame (null where absent)."""
+    columns: list[dict[str, pa.Array]] = [{} for _ in sizes]
+    order, starts, _ = field_groups(p)
+    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True):
+        recs = order[start:end]
+        first = recs[0]
+        m = int(rec_meas[first])
+        index = np.full(int(sizes[m]), -1, np.int64)
+        index[frame_row[p.row[recs]]] = p.slot[recs]
+        values = p.values[int(p.kind[first])]
+        columns[m][p.keys[p.key[first]]] = values.take(pa.array(index, mask=index < 0))
+    return [dict(sorted(cols.items())) for cols in columns]
+
+
+def _frame(p: Points, measurement: str, rows: Ints, fields: dict[str, pa.Array]) -> Frame:
+    series = p.series[rows]
+    distinct, first, inverse = np.unique(series, return_index=True, return_inverse=True)
+    by_first = np.argsort(first)
+    rank = np.empty_like(by_first)
+    rank[by_first] = np.arange(len(by_first))
+    dictionary = pa.array([p.series_names[s][1] for s in distinct[by_first].tolist()], pa.string())
+    indices = pa.array(rank[inverse].astype(np.int32))
+    return Frame(
+        measurement=measurement,
+        tagsets=pa.DictionaryArray.from_arrays(indices, dictionary),
+        time=pa.array(p.time[rows], pa.int64(), mask=~p.has_time[rows]),
+        fields=fields,
+        lines=pa.array(p.line[rows].astype(np.int32)),
+    )

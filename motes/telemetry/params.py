@@ -1,0 +1,107 @@
+"""Query-string vocabulary: times (absolute or relative), durations, tag filters, output times.
+
+    parse_time("-48h", now)            # now - 48 h, in ns
+    parse_time("2026-01-01T00:00:00Z") # RFC 3339
+    parse_time("1582046738255")        # integers are epoch milliseconds
+    parse_duration_ns("10m")           # 600_000_000_000
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from motes.telemetry.models import QueryError
+
+_DURATION = re.compile(r"(\d+)(ns|us|µs|ms|s|m|h|d|w)")
+_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+    "d": 86_400_000_000_000,
+    "w": 604_800_000_000_000,
+}
+EPOCHS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+MAX_NS = 2**63 - 1
+MIN_NS = -(2**63)
+
+
+def parse_duration_ns(text: str) -> int:
+    s = text.strip()
+    pos, total = 0, 0
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            break
+        total += int(m.group(1)) * _NS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise QueryError(f'invalid duration "{text}": use e.g. 10s, 10m, 1h, 1d, 1h30m')
+    return total
+
+
+def parse_time(text: str, now: int) -> int:
+    s = text.strip()
+    if s == "now" or s == "now()":
+        return now
+    if s.startswith("-") and not s[1:].isdigit():
+        return now - parse_duration_ns(s[1:])
+    if s.lstrip("-").isdigit():
+        return int(s) * 1_000_000
+    try:
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise QueryError(
+            f'invalid time "{text}": use RFC 3339, epoch milliseconds, "now" or e.g. -48h'
+        ) from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    nanos = _fraction_ns(s)
+    return int(dt.replace(microsecond=0).timestamp()) * 1_000_000_000 + nanos
+
+
+def _fraction_ns(s: str) -> int:
+    m = re.search(r"\.(\d+)", s)
+    if not m:
+        return 0
+    return int((m.group(1) + "000000000")[:9])
+
+
+def parse_tags(values: list[str]) -> dict[str, list[str]]:
+    """``tag=device:d1&tag=device:d2&tag=site:x`` -> {"device": ["d1", "d2"], "site": ["x"]}."""
+    tags: dict[str, list[str]] = {}
+    for item in values:
+        key, sep, value = item.partition(":")
+        if not sep:
+            key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise QueryError(f'invalid tag filter "{item}": use key:value')
+        tags.setdefault(key, []).append(value)
+    return tags
+
+
+def format_time(ns: int, epoch: str | None) -> str | int:
+    if epoch:
+        return ns // EPOCHS[epoch]
+    seconds, rem = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if rem:
+        stamp += "." + f"{rem:09d}".rstrip("0")
+    return stamp + "Z"
+
+
+def check_epoch(epoch: str | None) -> str | None:
+    if epoch is not None and epoch not in EPOCHS:
+        raise QueryError(f'epoch must be one of {", ".join(EPOCHS)}, got "{epoch}"')
+    return epoch
+
+
+def positive_int(name: str, text: str | None) -> int | None:
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        raise QueryError(f'{name} must be a positive integer, got "{text}"')
+    return int(text)

@@ -1,0 +1,226 @@
+"""Read endpoints: seed-000 device fetch, the query API, latest values, fleet, schema discovery.
+
+    GET /api/v1/query?bucket=telemetry&measurement=env&tag=device:d1&start=-48h&every=10m&fn=mean
+    -> {"tables": [{"measurement": "env", "tags": {"device": "d1"},
+                    "columns": ["time", "temperature"], "values": [["2026-...Z", 21.4], ...]}]}
+
+``Accept: text/csv`` returns the same tables as CSV. Times are RFC 3339 unless ``epoch`` is
+``ns``/``us``/``ms``/``s``. Aggregate windows start at multiples of ``every`` since the epoch
+and are labelled with their start.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from typing import Any
+
+import pyarrow as pa
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from motes.http import JSONResponse, authenticate
+from motes.registry.models import NotFound
+from motes.telemetry.api import DEFAULT_MEASUREMENT, require, resolve_bucket, resolve_org
+from motes.telemetry.fill import fill_windows
+from motes.telemetry.models import DEVICE_TAG, QueryError
+from motes.telemetry.params import (
+    MAX_NS,
+    check_epoch,
+    format_time,
+    parse_duration_ns,
+    parse_tags,
+    parse_time,
+    positive_int,
+)
+from motes.telemetry.store.protocol import Aggregation, Selection
+from motes.telemetry.store.duckdb_read import AGGREGATES
+
+Tables = list[tuple[dict[str, str], pa.Table]]
+
+
+async def _bucket_for_read(request: Request, name: str | None) -> Any:
+    token = authenticate(request)
+    org = resolve_org(request, token)
+    bucket = resolve_bucket(request, org, name)
+    require(token, "read", bucket)
+    return org, bucket
+
+
+async def query(request: Request) -> Response:
+    _, bucket = await _bucket_for_read(request, request.query_params.get("bucket"))
+    params = request.query_params
+    now = time.time_ns()
+    measurement = params.get("measurement")
+    if not measurement:
+        raise QueryError("measurement is required")
+    sel = Selection(
+        bucket=bucket.id,
+        measurement=measurement,
+        start=parse_time(params.get("start", "-1h"), now),
+        stop=parse_time(params["stop"], now) if params.get("stop") else MAX_NS,
+        tags=parse_tags(params.getlist("tag")),
+        fields=tuple(params.getlist("field")),
+    )
+    agg = _aggregation(params)
+    limit = positive_int("limit", params.get("limit"))
+    epoch = check_epoch(params.get("epoch"))
+    fill = params.get("fill", "none")
+    service = request.app.state.telemetry
+    tables: Tables = await run_in_threadpool(service.read, sel, agg, limit)
+    if agg is not None and agg.fn and fill != "none":
+        stop = min(sel.stop, now) if sel.stop == MAX_NS else sel.stop
+        tables = [(t, fill_windows(tab, sel.start, stop, agg.every, fill)) for t, tab in tables]
+    if "text/csv" in request.headers.get("accept", ""):
+        return Response(_csv(measurement, tables, epoch), media_type="text/csv")
+    return JSONResponse({"tables": [_table_json(measurement, t, tab, epoch) for t, tab in tables]})
+
+
+def _aggregation(params: Any) -> Aggregation | None:
+    every, fn = params.get("every"), params.get("fn")
+    group = params.get("group_by")
+    group_by = None if group is None else tuple(g for g in group.split(",") if g)
+    if every is None and fn is None:
+        # no windows: raw points, merged per group when group_by is given
+        return None if group_by is None else Aggregation(every=0, fn="", group_by=group_by)
+    fn = fn or "mean"
+    if fn not in AGGREGATES:
+        raise QueryError(f'fn must be one of {", ".join(AGGREGATES)}, got "{fn}"')
+    every_ns = parse_duration_ns(every) if every else MAX_NS // 2
+    if every_ns <= 0:
+        raise QueryError("every must be positive")
+    return Aggregation(every=every_ns, fn=fn, group_by=group_by)
+
+
+def _table_json(measurement: str, tags: dict[str, str], table: pa.Table, epoch: str | None) -> dict[str, Any]:
+    times = [format_time(t, epoch) for t in table.column("time").to_pylist()]
+    cols = [table.column(i).to_pylist() for i in range(1, table.num_columns)]
+    return {
+        "measurement": measurement,
+        "tags": tags,
+        "columns": table.column_names,
+        "values": [list(row) for row in zip(times, *cols, strict=True)],
+    }
+
+
+def _csv(measurement: str, tables: Tables, epoch: str | None) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    tag_keys = sorted({k for tags, _ in tables for k in tags})
+    fields = list(dict.fromkeys(c for _, tab in tables for c in tab.column_names[1:]))
+    writer.writerow(["table", "measurement", *tag_keys, "time", *fields])
+    for i, (tags, tab) in enumerate(tables):
+        cols = {c: tab.column(c).to_pylist() for c in tab.column_names}
+        for r, t in enumerate(cols["time"]):
+            values = [cols[f][r] if f in cols else None for f in fields]
+            row = [i, measurement, *(tags.get(k, "") for k in tag_keys), format_time(t, epoch)]
+            writer.writerow(row + ["" if v is None else v for v in values])
+    return out.getvalue()
+
+
+async def device_fetch(request: Request) -> Response:
+    """Seed 000's fetch: rows of one device, ``from`` inclusive, ``to`` exclusive, in ms."""
+    device = request.path_params["device"]
+    _, bucket = await _bucket_for_read(request, request.query_params.get("bucket"))
+    params = request.query_params
+    start = _ms_param(params.get("from"), 0)
+    stop = _ms_param(params.get("to"), MAX_NS // 1_000_000)
+    measurement = params.get("measurement", DEFAULT_MEASUREMENT)
+    sel = Selection(bucket.id, measurement, start * 1_000_000, stop * 1_000_000, {DEVICE_TAG: [device]})
+    limit = positive_int("limit", params.get("limit"))
+    agg = Aggregation(every=0, fn="", group_by=(DEVICE_TAG,))
+    tables: Tables = await run_in_threadpool(request.app.state.telemetry.read, sel, agg, limit)
+    rows: list[dict[str, Any]] = []
+    for _, tab in tables:
+        for row in tab.to_pylist():
+            t = row.pop("time")
+            rows.append({"timestamp": t // 1_000_000, **{k: v for k, v in row.items() if v is not None}})
+    return JSONResponse(rows)
+
+
+def _ms_param(text: str | None, default: int) -> int:
+    if text is None or text == "":
+        return default
+    if not text.lstrip("-").isdigit():
+        raise QueryError(f'"{text}" is not a time in epoch milliseconds')
+    return int(text)
+
+
+async def device_record(request: Request) -> Response:
+    device = request.path_params["device"]
+    org, bucket = await _bucket_for_read(request, request.query_params.get("bucket"))
+    registry = request.app.state.registry
+    latest = request.app.state.telemetry.latest(bucket, None, {DEVICE_TAG: [device]})
+    try:
+        record = await run_in_threadpool(registry.device, org.id, device)
+    except NotFound:
+        if not latest:
+            raise
+        record = None
+    history = await run_in_threadpool(registry.attribute_history, org.id, device)
+    fields: dict[str, Any] = {}
+    for lv in latest:
+        fields[lv.field] = {"time": format_time(lv.time, None), "value": lv.value,
+                            "measurement": lv.series.measurement}
+    last_seen = max([lv.time for lv in latest] + [record.last_seen_ns or 0 if record else 0])
+    return JSONResponse(
+        {
+            "device": device,
+            "attributes": record.attributes if record else {},
+            "attributes_updated": format_time(record.attributes_updated_ns, None)
+            if record and record.attributes_updated_ns
+            else None,
+            "last_seen": format_time(last_seen, None) if last_seen else None,
+            "latest": fields,
+            "attribute_history": [
+                {"time": format_time(h["time_ns"], None), "attributes": h["attributes"]} for h in history
+            ],
+        }
+    )
+
+
+async def latest(request: Request) -> Response:
+    _, bucket = await _bucket_for_read(request, request.query_params.get("bucket"))
+    params = request.query_params
+    epoch = check_epoch(params.get("epoch"))
+    wanted = set(params.getlist("field"))
+    values = request.app.state.telemetry.latest(
+        bucket, params.get("measurement"), parse_tags(params.getlist("tag"))
+    )
+    series: dict[int, dict[str, Any]] = {}
+    for lv in values:
+        if wanted and lv.field not in wanted:
+            continue
+        entry = series.setdefault(
+            lv.series.id,
+            {"measurement": lv.series.measurement, "tags": lv.series.tags, "fields": {}},
+        )
+        entry["fields"][lv.field] = {"time": format_time(lv.time, epoch), "value": lv.value}
+    return JSONResponse({"series": list(series.values())})
+
+
+async def fleet(request: Request) -> Response:
+    _, bucket = await _bucket_for_read(request, request.query_params.get("bucket"))
+    params = request.query_params
+    measurement = params.get("measurement")
+    if not measurement:
+        raise QueryError("measurement is required")
+    fn = params.get("fn", "mean")
+    result = request.app.state.telemetry.fleet(
+        bucket, measurement, tuple(params.getlist("field")), parse_tags(params.getlist("tag")), fn
+    )
+    for entry in result.values():
+        entry["newest"] = format_time(int(entry.pop("newest_ns")), None)
+    return JSONResponse({"measurement": measurement, "fn": fn, "fields": result})
+
+
+routes = [
+    Route("/api/v1/query", query, methods=["GET"]),
+    Route("/api/v1/latest", latest, methods=["GET"]),
+    Route("/api/v1/fleet", fleet, methods=["GET"]),
+    Route("/api/v1/devices/{device}/telemetry", device_fetch, methods=["GET"]),
+    Route("/api/v1/devices/{device}", device_record, methods=["GET"]),
+]

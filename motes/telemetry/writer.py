@@ -1,0 +1,142 @@
+"""Group commit: many write requests, one transaction, then every one of them is acked.
+
+Requests queue up while the previous commit runs; the writer thread takes everything
+queued, stores it in one transaction (one fsync) and resolves each request's future with
+its own outcome. The queue is bounded in points: past the bound, :meth:`submit` raises
+:class:`Overloaded` at once (the API answers 503 with Retry-After) instead of queueing
+without limit. When no writes arrive, the same thread compacts and enforces retention, so
+the store has exactly one writer.
+
+    writer = GroupCommitWriter(store, max_queued_points=4_000_000)
+    writer.start()
+    outcome = writer.submit(WriteRequest("telemetry", frames), points).result()
+    writer.stop()   # flushes what is queued, then returns
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from motes.telemetry.models import Overloaded
+from motes.telemetry.store.protocol import TelemetryStore, WriteOutcome, WriteRequest
+
+log = logging.getLogger(__name__)
+
+Maintenance = Callable[[bool], None]
+
+
+class GroupCommitWriter:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        *,
+        max_queued_points: int,
+        maintenance: Maintenance | None = None,
+        idle_seconds: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._max_points = max_queued_points
+        self._maintenance = maintenance
+        self._idle_seconds = idle_seconds
+        self._queue: deque[tuple[WriteRequest, int, Future[WriteOutcome]]] = deque()
+        self._queued_points = 0
+        self._tasks: deque[tuple[Callable[[], object], Future[object]]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="motes-writer", daemon=True)
+        self.commits = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: WriteRequest, points: int) -> Future[WriteOutcome]:
+        """Queue a request; the future resolves once it is durable (or failed)."""
+        fut: Future[WriteOutcome] = Future()
+        with self._cond:
+            if self._stopping:
+                raise Overloaded("server is shutting down", retry_after=5)
+            if self._queued_points and self._queued_points + points > self._max_points:
+                raise Overloaded(
+                    f"write queue full ({self._queued_points} points waiting); retry shortly"
+                )
+            self._queue.append((request, points, fut))
+            self._queued_points += points
+            self._cond.notify()
+        return fut
+
+    def execute(self, fn: Callable[[], object]) -> Future[object]:
+        """Run ``fn`` on the writer thread between commits (schema changes, bucket drops)."""
+        fut: Future[object] = Future()
+        with self._cond:
+            self._tasks.append((fn, fut))
+            self._cond.notify()
+        return fut
+
+    @property
+    def queued_points(self) -> int:
+        return self._queued_points
+
+    def stop(self, timeout: float = 60.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _take(self) -> list[tuple[WriteRequest, int, Future[WriteOutcome]]]:
+        with self._cond:
+            if not self._queue and not self._tasks and not self._stopping:
+                self._cond.wait(self._idle_seconds)
+            items = list(self._queue)
+            self._queue.clear()
+            return items
+
+    def _run(self) -> None:
+        last_write = time.monotonic()
+        while True:
+            items = self._take()
+            self._run_tasks()
+            if items:
+                self._commit(items)
+                last_write = time.monotonic()
+                self._maintain(idle=False)
+            elif self._stopping:
+                break
+            elif time.monotonic() - last_write >= self._idle_seconds:
+                self._maintain(idle=True)
+        self._maintain(idle=True)
+
+    def _run_tasks(self) -> None:
+        while self._tasks:
+            fn, fut = self._tasks.popleft()
+            try:
+                fut.set_result(fn())
+            except Exception as exc:
+                fut.set_exception(exc)
+
+    def _commit(self, items: list[tuple[WriteRequest, int, Future[WriteOutcome]]]) -> None:
+        try:
+            outcomes = self._store.write([req for req, _, _ in items])
+        except Exception as exc:  # the store failed: nothing in this group is acked
+            log.error("group commit of %d requests failed: %s", len(items), exc)
+            for _, _, fut in items:
+                fut.set_exception(exc)
+        else:
+            self.commits += 1
+            for (_, _, fut), outcome in zip(items, outcomes, strict=True):
+                fut.set_result(outcome)
+        finally:
+            with self._cond:
+                self._queued_points -= sum(points for _, points, _ in items)
+
+    def _maintain(self, idle: bool) -> None:
+        if self._maintenance is None:
+            return
+        try:
+            self._maintenance(idle)
+        except Exception:
+            log.exception("store maintenance failed")
