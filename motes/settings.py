@@ -44,9 +44,6 @@ class Settings(BaseSettings):
         4_000_000,
         description="Points waiting for a commit before writes are refused with 503.",
     )
-    commit_interval_ms: float = Field(
-        5.0, description="Longest a write waits for others to share its commit (group commit)."
-    )
     compact_rows: int = Field(
         2_000_000,
         description="Rows in a measurement's write-optimised table that trigger a sorted compaction.",

@@ -73,15 +73,10 @@ def format_retention(value: object) -> str:
         return text
 
 
-class Duration(click.ParamType):
-    """Click parameter type: validates a duration and passes the text on unchanged."""
-
-    name = "duration"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value).strip()
-        try:
-            parse_duration(text)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        return text
+def duration_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click option callback: checks a duration and passes its text on unchanged."""
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+    return value.strip()

@@ -1,11 +1,11 @@
 """Text output of the CLI: fixed-width tables.
 
-    print(format_table(["ID", "Name"], [["0a1", "telemetry"]]))
-    # ID   Name
-    # 0a1  telemetry
+print(format_table(["ID", "Name"], [["0a1", "telemetry"]]))
+# ID   Name
+# 0a1  telemetry
 
-    for block in format_query_tables(response["tables"]):
-        print(block)        # "Table: measurement=env device=d1" + a fixed-width table
+for block in format_query_tables(response["tables"]):
+    print(block)        # "Table: measurement=env device=d1" + a fixed-width table
 """
 
 from __future__ import annotations

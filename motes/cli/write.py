@@ -283,9 +283,7 @@ def run_write(
     started = time.monotonic()
     start = _starting_point(job, stream, notify)
     records, convert, header = _records(job, stream, start)
-    summary = Summary(
-        resumed_at=start.line + 1 if start.offset else None, next_line=start.line + 1
-    )
+    summary = Summary(resumed_at=start.line + 1 if start.offset else None, next_line=start.line + 1)
     report = RejectReport(job.report_path, append=start.offset > 0, header=header)
     advance(start.offset)
     done = start.offset
@@ -334,9 +332,7 @@ def _check_resumable(stream: IO[bytes], saved: Progress, path: Path) -> None:
         ends_line = stream.read(1) == b"\n"
     stream.seek(0)
     if not ends_line:
-        raise MotesError(
-            f"the file changed since {path.name} was saved; delete it to start over"
-        )
+        raise MotesError(f"the file changed since {path.name} was saved; delete it to start over")
 
 
 def _records(

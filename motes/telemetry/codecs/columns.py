@@ -242,9 +242,7 @@ def to_frames(p: Points) -> list[Frame]:
     return frames
 
 
-def _columns(
-    p: Points, rec_meas: Ints, frame_row: Ints, sizes: Ints
-) -> list[dict[str, pa.Array]]:
+def _columns(p: Points, rec_meas: Ints, frame_row: Ints, sizes: Ints) -> list[dict[str, pa.Array]]:
     """Field columns per measurement, each as long as its frame (null where absent)."""
     columns: list[dict[str, pa.Array]] = [{} for _ in sizes]
     order, starts, _ = field_groups(p)

@@ -128,9 +128,8 @@ def _parse_series_key(key: str, device: str | None) -> tuple[str, str] | str:
         if problem:
             return problem
         tags[name] = value
-    if device is not None:
-        if tags.setdefault(DEVICE_TAG, device) != device:
-            return f'tag {DEVICE_TAG}="{tags[DEVICE_TAG]}" does not match device "{device}"'
+    if device is not None and tags.setdefault(DEVICE_TAG, device) != device:
+        return f'tag {DEVICE_TAG}="{tags[DEVICE_TAG]}" does not match device "{device}"'
     return _unescape(measurement), format_tagset(tags)
 
 
@@ -280,7 +279,9 @@ def _bare_value(raw: str, key: str) -> tuple[int, object] | str:
     return f'invalid field value "{raw}" for field "{key}"'
 
 
-def _ranged(kind: int, digits: str, low: int, high: int, raw: str, key: str) -> tuple[int, object] | str:
+def _ranged(
+    kind: int, digits: str, low: int, high: int, raw: str, key: str
+) -> tuple[int, object] | str:
     number = _bounded_int(digits)
     if number is None or not low <= number <= high:
         name = "integer" if kind == col.INTEGER else "unsigned"
@@ -295,7 +296,7 @@ def _bounded_int(digits: str) -> int | None:
     return sign * int(digits) if len(digits) <= 40 else None
 
 
-def _parse_time(text: str, factor: int) -> int | None | str:
+def _parse_time(text: str, factor: int) -> int | str | None:
     if not text:
         return None
     if not _INTEGER.fullmatch(text):
@@ -304,3 +305,163 @@ def _parse_time(text: str, factor: int) -> int | None | str:
     if stamp is None or not INT64_MIN <= stamp * factor <= INT64_MAX:
         return f'timestamp "{text}" is out of range'
     return stamp * factor
+
+
+# -- fast path --------------------------------------------------------------------------------
+# A line is "simple" when this RE2 pattern proves its syntax: no escapes, no strings, single
+# spaces, every field value well formed. Only range checks, series keys and duplicate field
+# keys remain, and lines failing them go to the reference parser too.
+
+_KEY = r'[^\s,="\\_][^\s,="\\]*'
+_NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|-?\d+i|\d+u"
+_VALUE = rf"(?:{_NUMBER}|[tT]|true|True|TRUE|[fF]|false|False|FALSE)"
+_SIMPLE_LINE = rf"^[^\s\\#][^\s\\]* {_KEY}={_VALUE}(?:,{_KEY}={_VALUE})*(?: -?\d+)?$"
+# Kind of a simple value from its last byte: i, u, a boolean letter, else a float.
+_KIND_BY_LAST = np.full(256, col.FLOAT, np.int64)
+_KIND_BY_LAST[[ord("i")]] = col.INTEGER
+_KIND_BY_LAST[[ord("u")]] = col.UNSIGNED
+_KIND_BY_LAST[[ord(c) for c in "tTeEfF"]] = col.BOOLEAN
+_MAX_DIGITS = {col.INTEGER: 18, col.UNSIGNED: 19}  # always in range, so cast cannot fail
+
+Ints = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+
+
+def _decode_fast(text: str, factor: int, device: str | None) -> Decoded:
+    lines = pc.split_pattern(pa.array([text]), "\n").flatten()
+    if "\r" in text:
+        lines = pc.replace_substring_regex(lines, "\r$", "", max_replacements=1)
+    simple = pc.match_substring_regex(lines, _SIMPLE_LINE).to_numpy(zero_copy_only=False)
+    numbers = np.flatnonzero(simple) + 1
+    simple_lines = lines.filter(pa.array(simple))
+    points, fallback = _fast_points(simple_lines, numbers, factor, device)
+    others = np.sort(np.r_[np.flatnonzero(~simple), numbers[fallback] - 1])
+    leftovers = zip((others + 1).tolist(), lines.take(pa.array(others)).to_pylist(), strict=True)
+    reference, errors = _reference_points(leftovers, factor, device)
+    return _assemble([points.take_rows(~fallback), reference], errors)
+
+
+def _fast_points(
+    lines: pa.StringArray, numbers: Ints, factor: int, device: str | None
+) -> tuple[col.Points, Bools]:
+    """Points of simple lines, and the rows the reference parser must redo."""
+    parts = pc.split_pattern(lines, " ")
+    starts = _offsets(parts)[:-1]
+    flat = parts.values
+    fallback = np.zeros(len(lines), bool)
+    series, series_names = _series(flat.take(pa.array(starts)), device, fallback)
+    has_time = np.diff(_offsets(parts)) == 3
+    time = _times(flat.take(pa.array(starts[has_time] + 2)), factor, has_time, fallback)
+    row, key, keys, pos, values = _field_pairs(flat.take(pa.array(starts + 1)))
+    kind, slot, typed = _typed_values(values, row, fallback)
+    _mark_duplicate_keys(row, key, len(keys), fallback)
+    points = col.Points(numbers, series, series_names, time, has_time, row, key, keys, pos,
+                        kind, slot, typed)  # fmt: skip
+    return points, fallback
+
+
+def _offsets(array: pa.Array) -> Ints:
+    """The offsets buffer of a list or string array, as int64."""
+    raw = np.frombuffer(array.buffers()[1], np.int32, len(array) + 1, array.offset * 4)
+    return raw.astype(np.int64)
+
+
+def _series(
+    keys: pa.StringArray, device: str | None, fallback: Bools
+) -> tuple[Ints, list[tuple[str, str]]]:
+    encoded = pc.dictionary_encode(keys)
+    names: dict[tuple[str, str], int] = {}
+    ids = np.full(len(encoded.dictionary), -1, np.int64)
+    for i, key in enumerate(encoded.dictionary.to_pylist()):
+        parsed = parse_series_key(key, device)
+        if not isinstance(parsed, str):
+            ids[i] = names.setdefault(parsed, len(names))
+    series = ids[encoded.indices.to_numpy()]
+    fallback |= series < 0
+    return np.maximum(series, 0), list(names)
+
+
+def _times(stamps: pa.StringArray, factor: int, has_time: Bools, fallback: Bools) -> Ints:
+    time = np.zeros(len(has_time), np.int64)
+    if not len(stamps):
+        return time
+    lengths = np.diff(_offsets(stamps))
+    negative = _bytes(stamps)[_offsets(stamps)[:-1]] == ord("-")
+    # Nanosecond stamps have 19 digits: those up to INT64_MAX are as safe as shorter ones.
+    below_max = pc.less_equal(stamps, str(INT64_MAX)).to_numpy(zero_copy_only=False)
+    short = (lengths - negative <= 18) | ((lengths == 19) & ~negative & below_max)
+    safe = pc.if_else(pa.array(short), stamps, "0")
+    values = pc.cast(safe, pa.int64()).to_numpy()
+    limit = (2**63 - 1) // factor
+    ok = short & (values <= limit) & (values >= -limit)
+    where = np.flatnonzero(has_time)
+    fallback[where[~ok]] = True
+    time[where] = np.where(ok, values, 0) * factor
+    return time
+
+
+def _bytes(strings: pa.StringArray) -> npt.NDArray[np.uint8]:
+    return np.frombuffer(strings.buffers()[2], np.uint8)
+
+
+def _field_pairs(field_sets: pa.StringArray) -> tuple[Ints, Ints, list[str], Ints, pa.StringArray]:
+    """Split ``k=v,k2=v2`` field sets: (row, key code, keys, position, value) per pair."""
+    pairs = pc.split_pattern(field_sets, ",")
+    counts = np.diff(_offsets(pairs))
+    row = np.repeat(np.arange(len(field_sets)), counts)
+    pos = np.arange(len(row)) - np.repeat(_offsets(pairs)[:-1], counts)
+    halves = pc.split_pattern(pairs.values, "=").values  # key, value, key, value...
+    keys = pc.dictionary_encode(halves.take(pa.array(np.arange(0, len(halves), 2))))
+    values = halves.take(pa.array(np.arange(1, len(halves), 2)))
+    key = keys.indices.to_numpy().astype(np.int64)
+    return row, key, keys.dictionary.to_pylist(), pos, values
+
+
+def _typed_values(
+    values: pa.StringArray, row: Ints, fallback: Bools
+) -> tuple[Ints, Ints, list[pa.Array]]:
+    """Kind and slot per value, and one typed array per kind."""
+    ends = _offsets(values)
+    data = _bytes(values)
+    kind = _KIND_BY_LAST[data[ends[1:] - 1]]
+    slot = np.zeros(len(kind), np.int64)
+    typed = []
+    for k, arrow_type in enumerate(col.KIND_TYPES):
+        mask = kind == k
+        slot[mask] = np.arange(np.count_nonzero(mask))
+        if k == col.BOOLEAN:
+            first = data[ends[:-1][mask]]
+            typed.append(pa.array((first == ord("t")) | (first == ord("T"))))
+        elif k == col.FLOAT:
+            floats = pc.cast(values.filter(pa.array(mask)), pa.float64())
+            fallback[row[mask][np.isinf(floats.to_numpy())]] = True
+            typed.append(floats)
+        elif k in _MAX_DIGITS:
+            typed.append(_cast_integers(values, mask, ends, data, row, k, fallback))
+        else:
+            typed.append(pa.array([], arrow_type))
+    return kind, slot, typed
+
+
+def _cast_integers(
+    values: pa.StringArray,
+    mask: Bools,
+    ends: Ints,
+    data: npt.NDArray[np.uint8],
+    row: Ints,
+    kind: int,
+    fallback: Bools,
+) -> pa.Array:
+    digits = np.diff(ends)[mask] - 1 - (data[ends[:-1][mask]] == ord("-"))
+    short = digits <= _MAX_DIGITS[kind]
+    fallback[row[mask][~short]] = True
+    stripped = pc.utf8_slice_codeunits(values.filter(pa.array(mask)), 0, -1)
+    return pc.cast(pc.if_else(pa.array(short), stripped, "0"), col.KIND_TYPES[kind])
+
+
+def _mark_duplicate_keys(row: Ints, key: Ints, nkeys: int, fallback: Bools) -> None:
+    # Pairs are in row order, so after a stable sort by key equal (key, row) pairs touch.
+    codes = key.astype(np.uint16) if nkeys <= 65536 else key
+    order = np.argsort(codes, kind="stable")
+    same = (key[order][1:] == key[order][:-1]) & (row[order][1:] == row[order][:-1])
+    fallback[row[order][1:][same]] = True

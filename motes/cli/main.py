@@ -1,0 +1,410 @@
+"""The ``motes`` command.
+
+    motes serve [--data-dir PATH] [--http-port N] [--mqtt-port N] [--host ADDR] [--config FILE]
+    motes version [--url URL]
+    motes buckets list [--json] | create NAME [--retention 30d] | delete NAME
+    motes write -f FILE [--bucket B] [--precision ns|us|ms|s] [--format lp|csv] [--resume] ...
+    motes query --bucket B --measurement M [--field F]... [--tag k=v]... [--start -1h] ...
+
+Client commands take ``--url`` (MOTES_URL), ``--token`` (MOTES_TOKEN) and ``--org``
+(MOTES_ORG), and report failures as ``Error: ...`` with exit code 1, never a traceback.
+Tests may hand in a client factory as click's ``obj``:
+``CliRunner().invoke(main, args, obj=functools.partial(MotesClient, sleep=waits.append))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from motes import __version__
+from motes.cli.client import DEFAULT_URL, ApiError, MotesClient, MotesError
+from motes.cli.csvconv import CsvOptions
+from motes.cli.duration import duration_option
+from motes.cli.output import format_buckets, format_query_tables
+from motes.cli.write import WriteJob, WriteStopped, detect_format, run_write
+from motes.settings import Settings
+
+ClientFactory = Callable[..., MotesClient]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "-V", "--version", prog_name="motes", message="%(prog)s %(version)s"
+)
+def main() -> None:
+    """Motes: an open-source IoT data platform."""
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+
+def _factory(ctx: click.Context) -> ClientFactory:
+    obj = ctx.find_root().obj
+    return obj if callable(obj) else MotesClient
+
+
+_URL_OPTION = click.option(
+    "--url",
+    envvar="MOTES_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    show_envvar=True,
+    help="URL of the Motes server.",
+)
+_CLIENT_OPTIONS = (
+    click.option(
+        "--org",
+        envvar="MOTES_ORG",
+        default="main",
+        show_default=True,
+        show_envvar=True,
+        help="Organisation.",
+    ),
+    click.option("--token", envvar="MOTES_TOKEN", show_envvar=True, help="API token."),
+    _URL_OPTION,
+)
+
+
+def with_client(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command --url/--token/--org and call it with a MotesClient first.
+
+    Put it right above ``def`` so that the command's own options are listed first.
+    Client failures become ``Error: <message>`` (exit code 1) with a hint when one helps.
+    """
+
+    @functools.wraps(func)
+    def command(url: str, token: str | None, org: str, **kwargs: Any) -> None:
+        try:
+            with _factory(click.get_current_context())(url, token=token, org=org) as client:
+                func(client, **kwargs)
+        except MotesError as exc:
+            raise click.ClickException(_explain(exc, token)) from exc
+
+    for option in _CLIENT_OPTIONS:
+        command = option(command)
+    return command
+
+
+def _explain(exc: MotesError, token: str | None) -> str:
+    """The error message, with a hint for statuses the user can do something about."""
+    cause = exc.__cause__ if isinstance(exc, WriteStopped) else exc
+    status = cause.status if isinstance(cause, ApiError) else None
+    hints = {
+        401: "check --token (or MOTES_TOKEN)" if token else "pass --token or set MOTES_TOKEN",
+        403: "the token is not allowed to do this",
+        413: "the request is too large: lower --batch-size",
+    }
+    first, _, rest = str(exc).partition("\n")
+    return "\n".join(part for part in (first, hints.get(status or 0, ""), rest) if part)
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+# -- serve / version --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the telemetry store and registry.",
+)
+@click.option("--http-port", type=click.IntRange(0, 65535), help="Port of the HTTP API.")
+@click.option("--mqtt-port", type=click.IntRange(0, 65535), help="Port of the MQTT listener.")
+@click.option("--host", "http_host", metavar="ADDR", help="Address the HTTP API binds to.")
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML settings file (options given here win over it).",
+)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    data_dir: Path | None,
+    http_port: int | None,
+    mqtt_port: int | None,
+    http_host: str | None,
+    config: Path | None,
+) -> None:
+    """Run the Motes server (HTTP API, and later MQTT) until interrupted.
+
+    Options left out come from MOTES_* environment variables, then defaults.
+    """
+    given = {
+        "data_dir": data_dir,
+        "http_port": http_port,
+        "mqtt_port": mqtt_port,
+        "http_host": http_host,
+    }
+    # Only options actually given override: None would mask MOTES_* and the TOML file.
+    overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    try:
+        settings = Settings.from_toml(config, **overrides) if config else Settings(**overrides)
+    except (ValidationError, tomllib.TOMLDecodeError) as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from exc
+    # Imported here: the server pulls in DuckDB, Arrow and Starlette, which the client
+    # commands do not need.
+    from motes.server import serve as run_server
+
+    ctx.exit(run_server(settings))
+
+
+@main.command()
+@_URL_OPTION
+@click.pass_context
+def version(ctx: click.Context, url: str) -> None:
+    """Print the version of this CLI and of the server at --url, if one answers."""
+    click.echo(f"motes {__version__}")
+    try:
+        with _factory(ctx)(url) as client:
+            server_version = client.health().get("version")
+    except MotesError:
+        click.echo(f"(no Motes server answering at {url})", err=True)
+        return
+    if server_version:
+        click.echo(f"server {server_version} at {url}")
+
+
+# -- buckets ----------------------------------------------------------------------------------
+
+
+@main.group()
+def buckets() -> None:
+    """List, create and delete buckets."""
+
+
+@buckets.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@with_client
+def list_buckets(client: MotesClient, as_json: bool) -> None:
+    """List the buckets of the org."""
+    found = client.list_buckets()
+    if as_json:
+        _echo_json(found)
+    else:
+        click.echo(format_buckets(found))
+
+
+@buckets.command("create")
+@click.argument("name")
+@click.option(
+    "--retention",
+    callback=duration_option,
+    default="0",
+    show_default=True,
+    help="How long to keep data: 30d, 720h, 1h30m...; 0 keeps it forever.",
+)
+@with_client
+def create_bucket(client: MotesClient, name: str, retention: str) -> None:
+    """Create bucket NAME."""
+    click.echo(format_buckets([client.create_bucket(name, retention)]))
+
+
+@buckets.command("delete")
+@click.argument("name")
+@with_client
+def delete_bucket(client: MotesClient, name: str) -> None:
+    """Delete bucket NAME and all of its data."""
+    client.delete_bucket(name)
+    click.echo(f"Bucket {name} deleted.")
+
+
+# -- write ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "-f",
+    "--file",
+    "file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+    help="Line protocol or CSV file; - reads standard input.",
+)
+@click.option(
+    "--bucket",
+    envvar="MOTES_BUCKET",
+    show_envvar=True,
+    help="Bucket to write to (default: the server's).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["ns", "us", "ms", "s"]),
+    default="ns",
+    show_default=True,
+    help="Unit of the timestamps.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["lp", "csv"]),
+    help="Input format (default: csv for *.csv, else line protocol).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="Lines per request.",
+)
+@click.option("--resume", is_flag=True, help="Continue after the last batch the server took.")
+@click.option(
+    "--errors-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Report of rejected lines (default: FILE.rejected).",
+)
+@click.option("--measurement", help="CSV: measurement of rows without a 'measurement' column.")
+@click.option("--tag-column", multiple=True, help="CSV: a column holding a tag (repeatable).")
+@click.option(
+    "--integer-column", multiple=True, help="CSV: a numeric column stored as integers (repeatable)."
+)
+@with_client
+def write(
+    client: MotesClient,
+    file: Path,
+    bucket: str | None,
+    precision: str,
+    fmt: str | None,
+    batch_size: int,
+    resume: bool,
+    errors_file: Path | None,
+    measurement: str | None,
+    tag_column: tuple[str, ...],
+    integer_column: tuple[str, ...],
+) -> None:
+    """Write a line protocol or CSV file, in batches, resumably.
+
+    Rejected lines go to FILE.rejected, each after a "# line N: why" comment; fix them
+    there and write that file. Exit code 1 if any line was rejected.
+
+    CSV: a header row; "time" (RFC 3339, or an integer in --precision), "measurement"
+    (or --measurement), --tag-column columns as tags, other cells as fields.
+    """
+    path = None if str(file) == "-" else file
+    job = WriteJob(
+        path=path,
+        fmt=detect_format(path, fmt),
+        bucket=bucket,
+        precision=precision,
+        batch_size=batch_size,
+        resume=resume,
+        errors_path=errors_file,
+        csv=CsvOptions(measurement, tag_column, integer_column, precision),
+    )
+    with _input(path) as stream, _progress_bar(path) as advance:
+        summary = run_write(client, job, stream, advance=advance, notify=_note)
+    resumed = f" (resumed at line {summary.resumed_at})" if summary.resumed_at else ""
+    click.echo(
+        f"Wrote {summary.written:,} lines ({summary.points:,} points) in "
+        f"{summary.seconds:.1f}s: {summary.points_per_second:,.0f} points/s{resumed}."
+    )
+    if summary.rejected:
+        click.echo(
+            f"Rejected {summary.rejected:,} lines, listed in {summary.report}: fix them there"
+            f" and write that file (same options).",
+            err=True,
+        )
+        click.get_current_context().exit(1)
+
+
+def _note(text: str) -> None:
+    click.echo(f"motes: {text}", err=True)
+
+
+@contextlib.contextmanager
+def _input(path: Path | None) -> Iterator[Any]:
+    if path is None:
+        yield click.get_binary_stream("stdin")
+        return
+    with path.open("rb") as stream:
+        yield stream
+
+
+@contextlib.contextmanager
+def _progress_bar(path: Path | None) -> Iterator[Callable[[int], None]]:
+    """A byte-count progress bar on stderr (hidden when it is not a terminal)."""
+    if path is None:  # stdin: no length to measure against
+        yield lambda _: None
+        return
+    stderr = click.get_text_stream("stderr")
+    with click.progressbar(length=path.stat().st_size, label="Writing", file=stderr) as bar:
+        yield bar.update
+
+
+# -- query ------------------------------------------------------------------------------------
+
+
+def _tag_filters(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    """``--tag k=v`` on the command line, ``tag=k:v`` on the wire."""
+    filters = []
+    for value in values:
+        key, sep, tag_value = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r}: expected KEY=VALUE", ctx, param)
+        filters.append(f"{key}:{tag_value}")
+    return filters
+
+
+@main.command()
+@click.option("--bucket", envvar="MOTES_BUCKET", show_envvar=True, required=True)
+@click.option("--measurement", "-m", required=True)
+@click.option("--field", "fields", multiple=True, help="Field to return (repeatable; default all).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    callback=_tag_filters,
+    metavar="KEY=VALUE",
+    help="Only series with this tag value (repeatable).",
+)
+@click.option(
+    "--start",
+    default="-1h",
+    show_default=True,
+    help="Start: RFC 3339 time, or relative to now (-1h, -7d).",
+)
+@click.option("--stop", help="Stop: like --start (default: now).")
+@click.option("--every", help="Window for aggregation, e.g. 10m.")
+@click.option("--fn", help="Aggregate per window: mean, min, max, sum, count, first, last...")
+@click.option("--group-by", help="Tag to group series by.")
+@click.option("--fill", help="Empty windows: null, previous, linear, none, or a number.")
+@click.option("--limit", type=click.IntRange(min=1), help="Rows per table at most.")
+@click.option("--csv", "as_csv", is_flag=True, help="Ask the server for CSV and print it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
+@with_client
+def query(
+    client: MotesClient,
+    as_csv: bool,
+    as_json: bool,
+    fields: tuple[str, ...],
+    tags: list[str],
+    **single: str | int | None,
+) -> None:
+    """Query one measurement; print a table per series.
+
+    motes query --bucket telemetry -m env --field temperature --every 10m --fn mean
+    """
+    if as_csv and as_json:
+        raise click.UsageError("--csv and --json cannot be combined")
+    params = [(name, value) for name, value in single.items() if value is not None]
+    params += [("field", f) for f in fields] + [("tag", t) for t in tags]
+    if as_csv:
+        click.echo(client.query_csv(params), nl=False)
+        return
+    answer = client.query_json(params)
+    if as_json:
+        _echo_json(answer)
+        return
+    tables = answer.get("tables") or []
+    click.echo("\n\n".join(format_query_tables(tables)) if tables else "No data.")
