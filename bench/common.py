@@ -140,7 +140,7 @@ def tree_cpu_seconds(pid: int) -> float:
 def own_cpu_seconds() -> float:
     """User + system CPU seconds used so far by this (load-generating) process."""
     times = psutil.Process().cpu_times()
-    return times.user + times.system
+    return float(times.user + times.system)
 
 
 class RssSampler:
@@ -198,5 +198,5 @@ def find_listening_pid(port: int) -> int | None:
         return None
     for conn in conns:
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            return conn.pid
+            return None if conn.pid is None else int(conn.pid)
     return None

@@ -25,19 +25,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
-import psutil  # noqa: E402
+import httpx
+import psutil
 
-from bench import influx, motes  # noqa: E402
-from bench.common import settle_dir_size  # noqa: E402
-from bench.loadgen import LoadResult, Request, run_load  # noqa: E402
-from bench.querybench import QUERY_NAMES, QueryCall, time_query  # noqa: E402
-from bench.report import (  # noqa: E402
+from bench import influx, motes
+from bench.common import settle_dir_size
+from bench.loadgen import LoadResult, Request, run_load
+from bench.querybench import QUERY_NAMES, QueryCall, time_query
+from bench.report import (
     INFLUX,
     MOTES,
     CountCheck,
@@ -45,7 +46,14 @@ from bench.report import (  # noqa: E402
     markdown_table,
     write_json,
 )
-from bench.workload import WINDOW_MINUTES, Workload, build_workload  # noqa: E402
+from bench.workload import (
+    DEVICES,
+    MEASUREMENT,
+    MINUTE_NS,
+    WINDOW_MINUTES,
+    Workload,
+    build_workload,
+)
 
 LP_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -106,7 +114,8 @@ def check_count(what: str, expected: int, count: Callable[[], int]) -> CountChec
     if check.ok:
         log(f"count check {what}: {check.found:,} points, as expected")
     else:
-        warn(f"count check {what}: expected {expected:,} points, found {check.found} {check.error or ''}")
+        found = check.error or f"{check.found:,}"
+        warn(f"count check {what}: expected {expected:,} points, found {found}")
     return check
 
 
@@ -115,9 +124,7 @@ def warn(message: str) -> None:
     print(f"\n{bar}\n!!! WARNING: {message}\n{bar}\n", file=sys.stderr, flush=True)
 
 
-def time_queries(
-    calls: dict[str, QueryCall], headers: dict[str, str], res: ServerResults
-) -> None:
+def time_queries(calls: dict[str, QueryCall], headers: dict[str, str], res: ServerResults) -> None:
     with httpx.Client(headers=headers, timeout=120.0) as client:
         for name in QUERY_NAMES:
             try:
@@ -153,7 +160,9 @@ def bench_influx(workload: Workload, runs: int, clients: int) -> ServerResults:
     for run in range(runs):
         with influx.InfluxServer.start() as server:
             server.create_database()
-            lp = load(f"{INFLUX} run {run + 1}/{runs}", server.url, reqs, LP_HEADERS, server.pid, clients)
+            lp = load(
+                f"{INFLUX} run {run + 1}/{runs}", server.url, reqs, LP_HEADERS, server.pid, clients
+            )
             res.lp_runs.append(lp)
             if run == runs - 1:
                 res.checks.append(
@@ -173,30 +182,63 @@ def open_motes(args: argparse.Namespace) -> motes.MotesServer:
     return motes.MotesServer.start()
 
 
+def motes_lp_load(
+    server: motes.MotesServer, workload: Workload, label: str, clients: int
+) -> LoadResult:
+    headers = {**server.headers, **LP_HEADERS}
+    return load(label, server.url, motes.write_requests(workload), headers, server.pid, clients)
+
+
+def motes_json_load(
+    server: motes.MotesServer, workload: Workload, label: str, clients: int
+) -> LoadResult:
+    server.create_bucket(motes.JSON_BUCKET)
+    headers = {**server.headers, **JSON_HEADERS}
+    reqs = motes.json_write_requests(workload)
+    return load(f"{label} JSON", server.url, reqs, headers, server.pid, clients)
+
+
+def motes_examine_lp(server: motes.MotesServer, workload: Workload, res: ServerResults) -> None:
+    """After the line-protocol load of the last run: count check, disk size, queries."""
+    count = partial(
+        server.count_points, motes.LP_BUCKET, MEASUREMENT, workload.window_start_ns, workload.end_ns
+    )
+    res.checks.append(check_count("Motes line protocol", workload.lp_points, count))
+    if server.store_dir is not None:
+        settle(res, server.store_dir, workload.lp_points)
+    time_queries(motes.query_calls(server, workload), server.headers, res)
+
+
+def motes_check_json(server: motes.MotesServer, workload: Workload, res: ServerResults) -> None:
+    start = workload.end_ns - 2 * workload_span_ns(workload)
+    count = partial(
+        server.count_points, motes.JSON_BUCKET, motes.JSON_MEASUREMENT, start, workload.end_ns
+    )
+    res.checks.append(check_count("Motes seed-000 JSON", workload.json_points, count))
+
+
+def workload_span_ns(workload: Workload) -> int:
+    """A span surely covering the JSON data (blocks of 1,000 minutes ending at the end)."""
+    return max(WINDOW_MINUTES, len(workload.json_requests) // DEVICES * 1_000 + 1_000) * MINUTE_NS
+
+
 def motes_run(
-    server: motes.MotesServer, workload: Workload, res: ServerResults, run: int, runs: int,
+    server: motes.MotesServer,
+    workload: Workload,
+    res: ServerResults,
+    run: int,
+    runs: int,
     clients: int,
 ) -> None:
-    """One run on a fresh (or the external) server: LP load, [checks, queries], JSON load."""
+    """One run: line-protocol load, [checks, disk, queries], then the JSON load [and check]."""
     last = run == runs - 1
     label = f"{MOTES} run {run + 1}/{runs}"
-    lp_reqs = motes.write_requests(workload)
-    res.lp_runs.append(load(label, server.url, lp_reqs, {**server.headers, **LP_HEADERS},
-                            server.pid, clients))
+    res.lp_runs.append(motes_lp_load(server, workload, label, clients))
     if last:
-        count = lambda: server.count_points(motes.LP_BUCKET, workload.window_start_ns, workload.end_ns)  # noqa: E731
-        res.checks.append(check_count("Motes line protocol", workload.lp_points, count))
-        if server.store_dir is not None:
-            settle(res, server.store_dir, workload.lp_points)
-        time_queries(motes.query_calls(server, workload), server.headers, res)
-    server.create_bucket(motes.JSON_BUCKET)
-    json_reqs = motes.json_write_requests(workload)
-    res.json_runs.append(load(f"{label} JSON", server.url, json_reqs,
-                              {**server.headers, **JSON_HEADERS}, server.pid, clients))
+        motes_examine_lp(server, workload, res)
+    res.json_runs.append(motes_json_load(server, workload, label, clients))
     if last:
-        start = workload.end_ns - 10 * WINDOW_MINUTES * 60 * 1_000_000_000
-        count = lambda: server.count_points(motes.JSON_BUCKET, start, workload.end_ns)  # noqa: E731
-        res.checks.append(check_count("Motes seed-000 JSON", workload.json_points, count))
+        motes_check_json(server, workload, res)
 
 
 def bench_motes(workload: Workload, args: argparse.Namespace) -> ServerResults:
@@ -234,7 +276,9 @@ def generator_notes(results: list[ServerResults]) -> list[str]:
 
 def git_commit() -> str | None:
     out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
         cwd=Path(__file__).resolve().parent,
     )
     return out.stdout.strip() or None
@@ -252,7 +296,9 @@ def machine_info() -> dict[str, object]:
 
 
 def report(
-    args: argparse.Namespace, workload: Workload, results: dict[str, ServerResults | None],
+    args: argparse.Namespace,
+    workload: Workload,
+    results: dict[str, ServerResults | None],
     started: float,
 ) -> None:
     m, i = results[MOTES], results[INFLUX]
@@ -264,8 +310,10 @@ def report(
     for note in notes:
         print(f"- {note}")
     for check in failed:
-        print(f"- WARNING: count check {check.what} FAILED: expected {check.expected:,}, "
-              f"found {check.found}")
+        print(
+            f"- WARNING: count check {check.what} FAILED: expected {check.expected:,}, "
+            f"found {check.found}"
+        )
     payload: dict[str, object] = {
         "config": {k: v for k, v in vars(args).items() if k != "token"},
         "machine": machine_info(),

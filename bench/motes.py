@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -27,12 +28,13 @@ import orjson
 from bench.common import find_listening_pid, free_port, stop_process, wait_http
 from bench.loadgen import Request
 from bench.querybench import QueryCall, iteration_device
-from bench.workload import FIELDS, FIELDS_PER_LINE, MEASUREMENT, MINUTE_NS, Workload
+from bench.workload import FIELDS_PER_LINE, MEASUREMENT, Workload
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ORG = "main"
 LP_BUCKET = "telemetry"
 JSON_BUCKET = "json"
+JSON_MEASUREMENT = "telemetry"  # where seed-000 batches land unless ?measurement= says otherwise
 
 
 def serve_command() -> list[str]:
@@ -62,8 +64,12 @@ class MotesServer:
     @classmethod
     def start(cls, timeout: float = 120.0) -> MotesServer:
         root = Path(tempfile.mkdtemp(prefix="bench-motes-"))
-        port, token = free_port(), secrets.token_hex(16)
-        cmd = [*serve_command(), "--data-dir", str(root / "data"), "--http-port", str(port)]
+        port, mqtt_port, token = free_port(), free_port(), secrets.token_hex(16)
+        cmd = [
+            *serve_command(),
+            *("--data-dir", str(root / "data"), "--http-port", str(port)),
+            *("--mqtt-port", str(mqtt_port)),  # the default, 1883, is taken on the bench box
+        ]
         env = {**os.environ, "MOTES_INIT_TOKEN": token}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         with (root / "motes.log").open("wb") as log:
@@ -135,37 +141,31 @@ class MotesServer:
         if resp.status_code not in (200, 201, 409):
             raise RuntimeError(f"creating bucket {name!r}: {resp.status_code} {resp.text[:300]}")
 
-    def count_points(self, bucket: str, start_ns: int, stop_ns: int) -> int:
-        """Field values stored in ``env`` between start and stop, by a ``fn=count`` query."""
+    def count_points(self, bucket: str, measurement: str, start_ns: int, stop_ns: int) -> int:
+        """Field values stored in a measurement between start and stop (one ``fn=count``)."""
         params = {
             "bucket": bucket,
-            "measurement": MEASUREMENT,
+            "measurement": measurement,
             "fn": "count",
+            "group_by": "",
             "start": str(start_ns // 1_000_000),
             "stop": str(stop_ns // 1_000_000),
-            "every": f"{(stop_ns - start_ns) // MINUTE_NS}m",
-            "group_by": "",
+            "epoch": "ms",
         }
         resp = httpx.get(
             f"{self.url}/api/v1/query", params=params, headers=self.headers, timeout=300.0
         )
         if resp.status_code != 200:
             raise RuntimeError(f"count query: {resp.status_code} {resp.text[:300]}")
-        return sum_field_values(orjson.loads(resp.content))
+        return sum_counts(orjson.loads(resp.content))
 
 
-def sum_field_values(answer: object) -> int:
-    """Sum every numeric value found under a sensor field's name anywhere in a JSON answer."""
-    if isinstance(answer, list):
-        return sum(sum_field_values(item) for item in answer)
-    if not isinstance(answer, dict):
-        return 0
+def sum_counts(answer: dict[str, Any]) -> int:
+    """Sum of every non-time column of every table of a ``/api/v1/query`` answer."""
     total = 0
-    for key, value in answer.items():
-        if key in FIELDS and isinstance(value, int | float) and not isinstance(value, bool):
-            total += int(value)
-        else:
-            total += sum_field_values(value)
+    for table in answer["tables"]:
+        for row in table["values"]:
+            total += sum(v for v in row[1:] if isinstance(v, int) and not isinstance(v, bool))
     return total
 
 
@@ -198,10 +198,11 @@ def query_calls(server: MotesServer, workload: Workload) -> dict[str, QueryCall]
         "measurement": MEASUREMENT,
         "start": str(workload.window_start_ns // 1_000_000),
         "stop": str(workload.end_ns // 1_000_000),
+        "epoch": "ms",
     }
     one = {**window, "every": "10m", "fn": "mean"}
     hourly = {**window, "field": "temperature", "every": "1h", "fn": "mean", "group_by": "device"}
-    latest = {"bucket": LP_BUCKET, "measurement": MEASUREMENT}
+    latest = {"bucket": LP_BUCKET, "measurement": MEASUREMENT, "epoch": "ms"}
     query_url, latest_url = f"{server.url}/api/v1/query", f"{server.url}/api/v1/latest"
 
     def one_device(c: httpx.Client, i: int) -> httpx.Response:

@@ -163,8 +163,12 @@ ROWS: tuple[Row, ...] = (
         "≤5",
         lambda m, i: m <= 5,
     ),
-    Row("1 device × 5 sensors, 48 h, 10-min means: p99 ms",
-        lambda s: s.query_ms("one_device", 99), "ms", ""),
+    Row(
+        "1 device × 5 sensors, 48 h, 10-min means: p99 ms",
+        lambda s: s.query_ms("one_device", 99),
+        "ms",
+        "",
+    ),
     Row(
         "latest values of 5,000 series: p50 ms",
         lambda s: s.query_ms("latest", 50),
@@ -180,8 +184,12 @@ ROWS: tuple[Row, ...] = (
         "≤100",
         lambda m, i: m <= 100,
     ),
-    Row("1,000 devices hourly means (1 sensor, 48 h): p99 ms",
-        lambda s: s.query_ms("all_devices_hourly", 99), "ms", ""),
+    Row(
+        "1,000 devices hourly means (1 sensor, 48 h): p99 ms",
+        lambda s: s.query_ms("all_devices_hourly", 99),
+        "ms",
+        "",
+    ),
     Row(
         "bytes/point on disk (settled)",
         lambda s: s.bytes_per_point(True),

@@ -2,8 +2,11 @@
 
 Everything is generated in memory, deterministically (fixed seed), before any timing starts:
 
-- line protocol: one line per device per minute carrying all 5 sensors as fields, e.g.
-  ``env,device=dev0042,site=s2 temperature=21.37,humidity=48.2,pressure=1013.21,co2=412.0,light=301.5 <ns>``
+- line protocol: one line per device per minute carrying all 5 sensors as fields, e.g. ::
+
+      env,device=dev0042,site=s2 temperature=21.37,humidity=48.2,pressure=1013.21,\
+      co2=412.0,light=301.5 1717200000000000000     (one line, wrapped here)
+
   ordered minute by minute (all devices of a minute, then the next minute), cut into batches
   of 5,000 lines; the same bytes go to every server;
 - seed-000 JSON: one device per request, 1,000 rows (5,000 points) per request, for

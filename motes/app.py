@@ -1,7 +1,7 @@
 """The one wiring function: ``create_app(settings)`` builds stores and services, mounts routes.
 
-    app = create_app(Settings(data_dir=Path("motes-data")))
-    uvicorn.run(app)      # or motes.server.serve(settings)
+app = create_app(Settings(data_dir=Path("motes-data")))
+uvicorn.run(app)      # or motes.server.serve(settings)
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ def _open(app: Starlette, settings: Settings) -> None:
         if service is not None:
             service.maintain(idle, registry.all_buckets)
 
-    writer = GroupCommitWriter(store, max_queued_points=settings.write_queue_points, maintenance=maintain)
+    writer = GroupCommitWriter(
+        store, max_queued_points=settings.write_queue_points, maintenance=maintain
+    )
     service = TelemetryService(store, writer, registry.schema)
     writer.start()
     app.state.registry = registry

@@ -57,7 +57,9 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
 
 
-def error_body(code: str, message: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def error_body(
+    code: str, message: str, errors: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"code": code, "message": message}
     if errors:
         body["errors"] = errors[:MAX_LISTED_ERRORS]
@@ -87,12 +89,11 @@ STATUS: list[tuple[type[Exception], int, str]] = [
 
 def error_response(request: Request, exc: Exception) -> Response:
     """The one place exceptions become HTTP statuses."""
-    for kind, status, code in STATUS:
-        if isinstance(exc, kind):
-            break
-    else:
+    match = next(((s, c) for kind, s, c in STATUS if isinstance(exc, kind)), None)
+    if match is None:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(error_body("internal error", "internal server error"), status_code=500)
+    status, code = match
     message = getattr(exc, "message", None) or str(exc)
     errors = [e.to_dict() for e in getattr(exc, "errors", [])]
     headers = {}

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     )
     http_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     http_port: int = Field(8086, description="Port of the HTTP API.")
-    mqtt_port: int = Field(1883, description="Port of the MQTT listener (arrives in a later release).")
+    mqtt_port: int = Field(
+        1883, description="Port of the MQTT listener (arrives in a later release)."
+    )
     init_org: str = Field("main", description="Name of the org created on first start.")
     init_bucket: str = Field("telemetry", description="Name of the bucket created on first start.")
     init_token: str | None = Field(
@@ -46,7 +48,7 @@ class Settings(BaseSettings):
     )
     compact_rows: int = Field(
         2_000_000,
-        description="Rows in a measurement's write-optimised table that trigger a sorted compaction.",
+        description="Rows in a measurement's write table that trigger a sorted compaction.",
     )
     duckdb_memory_limit: str = Field(
         "1GB", description="Memory limit of the embedded DuckDB engine."

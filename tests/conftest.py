@@ -53,11 +53,22 @@ class ServerProcess:
         return self.proc.wait(60)
 
 
-def start_server(data_dir: Path, port: int | None = None, env: dict[str, str] | None = None) -> ServerProcess:
+def start_server(
+    data_dir: Path, port: int | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
     port = port or free_port()
     full_env = {**os.environ, "MOTES_INIT_TOKEN": TOKEN, **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "motes.cli.main", "serve", "--data-dir", str(data_dir), "--http-port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "motes.cli.main",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            str(port),
+        ],
         env=full_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -66,7 +77,9 @@ def start_server(data_dir: Path, port: int | None = None, env: dict[str, str] | 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"motes serve exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(
+                f"motes serve exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return ServerProcess(url, data_dir, proc, port)

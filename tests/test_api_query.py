@@ -54,14 +54,27 @@ def test_fill_previous_and_null(loaded: TestClient) -> None:
     stop = str((T0 + 4 * H) // 10**6)
     out = q(loaded, tag="device:d1", field="temp", every="1h", fn="count", stop=stop, fill="null")
     assert [v[1] for v in out["tables"][0]["values"]] == [60, 60, None, None]
-    out = q(loaded, tag="device:d1", field="temp", every="1h", fn="last", stop=stop, fill="previous")
+    out = q(
+        loaded, tag="device:d1", field="temp", every="1h", fn="last", stop=stop, fill="previous"
+    )
     assert [v[1] for v in out["tables"][0]["values"]] == [59.5, 119.5, 119.5, 119.5]
 
 
 def test_csv_output(loaded: TestClient) -> None:
-    r = loaded.get("/api/v1/query", headers={"Accept": "text/csv"},
-                   params={"bucket": "telemetry", "measurement": "env", "tag": "device:d3", "start": "0",
-                           "every": "1h", "fn": "mean", "field": "temp", "epoch": "s"})
+    r = loaded.get(
+        "/api/v1/query",
+        headers={"Accept": "text/csv"},
+        params={
+            "bucket": "telemetry",
+            "measurement": "env",
+            "tag": "device:d3",
+            "start": "0",
+            "every": "1h",
+            "fn": "mean",
+            "field": "temp",
+            "epoch": "s",
+        },
+    )
     assert r.headers["content-type"].startswith("text/csv")
     assert r.text.splitlines() == [
         "table,measurement,device,site,time,temp",
@@ -71,12 +84,22 @@ def test_csv_output(loaded: TestClient) -> None:
 
 
 def test_latest_and_fleet(loaded: TestClient) -> None:
-    r = loaded.get("/api/v1/latest", params={"bucket": "telemetry", "measurement": "env", "epoch": "ns"})
+    r = loaded.get(
+        "/api/v1/latest", params={"bucket": "telemetry", "measurement": "env", "epoch": "ns"}
+    )
     series = r.json()["series"]
     assert len(series) == 3
     assert series[0]["fields"]["temp"] == {"time": T0 + 119 * M, "value": 119.5}
-    r = loaded.get("/api/v1/fleet", params={"bucket": "telemetry", "measurement": "env", "field": "hum",
-                                             "tag": "site:a", "fn": "sum"})
+    r = loaded.get(
+        "/api/v1/fleet",
+        params={
+            "bucket": "telemetry",
+            "measurement": "env",
+            "field": "hum",
+            "tag": "site:a",
+            "fn": "sum",
+        },
+    )
     assert r.json()["fields"]["hum"]["value"] == 2.0
     assert r.json()["fields"]["hum"]["series"] == 2
 
@@ -93,7 +116,13 @@ def test_schema_discovery(loaded: TestClient) -> None:
 
 def test_query_errors(loaded: TestClient) -> None:
     base = {"bucket": "telemetry", "measurement": "env"}
-    for bad in ({"fn": "avg", "every": "1h"}, {"field": "nope"}, {"start": "0", "stop": "0"},
-                {"limit": "-1"}, {"fill": "zero", "every": "1h", "fn": "mean"}, {"epoch": "h"}):
+    for bad in (
+        {"fn": "avg", "every": "1h"},
+        {"field": "nope"},
+        {"start": "0", "stop": "0"},
+        {"limit": "-1"},
+        {"fill": "zero", "every": "1h", "fn": "mean"},
+        {"epoch": "h"},
+    ):
         r = loaded.get("/api/v1/query", params={**base, "start": "0", **bad})
         assert r.status_code == 400, (bad, r.text)

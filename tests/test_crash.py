@@ -34,8 +34,12 @@ def writer(url: str, device: str, start: int, acked: list[int], stop: threading.
 
 
 def stored_times(url: str, device: str) -> set[int]:
-    r = httpx.get(f"{url}/api/v1/devices/{device}/telemetry", params={"measurement": "env"},
-                  headers=AUTH, timeout=60)
+    r = httpx.get(
+        f"{url}/api/v1/devices/{device}/telemetry",
+        params={"measurement": "env"},
+        headers=AUTH,
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     return {row["timestamp"] // 1000 for row in r.json()}
 
@@ -47,7 +51,9 @@ def test_acknowledged_points_survive_sigkill(tmp_path: Path) -> None:
         srv = start_server(data)
         stop = threading.Event()
         threads = [
-            threading.Thread(target=writer, args=(srv.url, dev, 1_000_000 * (round_ + 1), acked[dev], stop))
+            threading.Thread(
+                target=writer, args=(srv.url, dev, 1_000_000 * (round_ + 1), acked[dev], stop)
+            )
             for dev in acked
         ]
         for th in threads:

@@ -18,12 +18,39 @@ pytestmark = pytest.mark.slow
 def test_influxdb_client_writes_unchanged(server: ServerProcess) -> None:
     with InfluxDBClient(url=server.url, token=TOKEN, org="main") as client:
         api = client.write_api(write_options=SYNCHRONOUS)
-        api.write("telemetry", "main", Point("plant").tag("device", "pb1").field("reading", 26).time(1621978469468115968, WritePrecision.NS))
+        api.write(
+            "telemetry",
+            "main",
+            Point("plant")
+            .tag("device", "pb1")
+            .field("reading", 26)
+            .time(1621978469468115968, WritePrecision.NS),
+        )
         api.write("telemetry", "main", "plant,device=pb1 reading=28i 1621978529468115968")
-        api.write("telemetry", "main", [{"measurement": "plant", "tags": {"device": "pb2"}, "fields": {"reading": 3}, "time": 1621978469468115968}])
+        api.write(
+            "telemetry",
+            "main",
+            [
+                {
+                    "measurement": "plant",
+                    "tags": {"device": "pb2"},
+                    "fields": {"reading": 3},
+                    "time": 1621978469468115968,
+                }
+            ],
+        )
         assert client.ping()
-    r = httpx.get(server.url + "/api/v1/query", headers=AUTH,
-                  params={"bucket": "telemetry", "measurement": "plant", "tag": "device:pb1", "start": "0", "epoch": "ns"})
+    r = httpx.get(
+        server.url + "/api/v1/query",
+        headers=AUTH,
+        params={
+            "bucket": "telemetry",
+            "measurement": "plant",
+            "tag": "device:pb1",
+            "start": "0",
+            "epoch": "ns",
+        },
+    )
     assert r.json()["tables"][0]["values"] == [[1621978469468115968, 26], [1621978529468115968, 28]]
 
 
@@ -40,7 +67,9 @@ def test_influxdb_client_sees_our_errors(server: ServerProcess) -> None:
 
 def test_sigterm_flushes_and_exits_zero(tmp_path: Path) -> None:
     srv = start_server(tmp_path / "d")
-    r = httpx.post(srv.url + "/api/v2/write?bucket=telemetry", headers=AUTH, content=b"m,device=a f=1 1\n")
+    r = httpx.post(
+        srv.url + "/api/v2/write?bucket=telemetry", headers=AUTH, content=b"m,device=a f=1 1\n"
+    )
     assert r.status_code == 204
     assert srv.stop(signal.SIGTERM) == 0
     srv = start_server(tmp_path / "d")
@@ -60,8 +89,21 @@ def test_first_start_generates_and_stores_the_token(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "fresh"
     env = {k: v for k, v in os.environ.items() if k != "MOTES_INIT_TOKEN"}
-    proc = subprocess.Popen([sys.executable, "-m", "motes.cli.main", "serve", "--data-dir", str(data),
-                             "--http-port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "motes.cli.main",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--http-port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         token_file = data / "operator-token"
         for _ in range(300):
@@ -76,7 +118,9 @@ def test_first_start_generates_and_stores_the_token(tmp_path: Path) -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/buckets", headers={"Authorization": f"Bearer {token}"})
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/buckets", headers={"Authorization": f"Bearer {token}"}
+        )
         assert [b["name"] for b in r.json()["buckets"]] == ["telemetry"]
     finally:
         proc.send_signal(signal.SIGTERM)

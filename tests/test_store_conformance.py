@@ -33,10 +33,14 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
 def frame(device: str, times: list[int], **fields: list[object]) -> Frame:
     n = len(times)
     tags = pa.array([format_tagset({"device": device})] * n).dictionary_encode()
-    return Frame("env", tags, pa.array(times, pa.int64()), {k: pa.array(v) for k, v in fields.items()})
+    return Frame(
+        "env", tags, pa.array(times, pa.int64()), {k: pa.array(v) for k, v in fields.items()}
+    )
 
 
-def rows(store: TelemetryStore, device: str, agg: Aggregation | None = None) -> list[dict[str, object]]:
+def rows(
+    store: TelemetryStore, device: str, agg: Aggregation | None = None
+) -> list[dict[str, object]]:
     sel = Selection("b", "env", 0, 2**62, {"device": [device]})
     return [r for _, t in store.read(sel, agg, None) for r in t.to_pylist()]
 
@@ -93,7 +97,14 @@ def test_data_survives_reopen_and_compaction(opener: Opener) -> None:
     store = opener()
     for i in range(5):
         times = [T0 + (i * 30 + j) * MIN for j in range(30)]
-        store.write([WriteRequest("b", [frame(f"d{k}", times, temp=[float(j) for j in range(30)]) for k in range(3)])])
+        store.write(
+            [
+                WriteRequest(
+                    "b",
+                    [frame(f"d{k}", times, temp=[float(j) for j in range(30)]) for k in range(3)],
+                )
+            ]
+        )
         store.maintain(idle=False)
     store.maintain(idle=True)
     store.close()
@@ -110,7 +121,14 @@ def test_window_aggregates(opener: Opener) -> None:
     agg = Aggregation(every=10 * MIN, fn="mean", group_by=None)
     got = rows(store, "d1", agg)
     assert [r["temp"] for r in got] == [4.5, 14.5]
-    for fn, want in {"min": 0.0, "max": 9.0, "sum": 45.0, "count": 10, "first": 0.0, "last": 9.0}.items():
+    for fn, want in {
+        "min": 0.0,
+        "max": 9.0,
+        "sum": 45.0,
+        "count": 10,
+        "first": 0.0,
+        "last": 9.0,
+    }.items():
         assert rows(store, "d1", Aggregation(10 * MIN, fn, None))[0]["temp"] == want
 
 
@@ -132,7 +150,12 @@ def test_latest_values_follow_newest_time_not_arrival(opener: Opener) -> None:
 
 def test_buckets_are_separate_and_droppable(opener: Opener) -> None:
     store = opener()
-    store.write([WriteRequest("b", [frame("d1", [T0], temp=[1.0])]), WriteRequest("c", [frame("d1", [T0], temp=["x"])])])
+    store.write(
+        [
+            WriteRequest("b", [frame("d1", [T0], temp=[1.0])]),
+            WriteRequest("c", [frame("d1", [T0], temp=["x"])]),
+        ]
+    )
     assert store.field_types("c", "env") == {"temp": "string"}
     store.drop_bucket("c")
     assert store.measurements("c") == []

@@ -18,7 +18,7 @@ import gzip
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -72,6 +72,18 @@ class LineError:
 
     line: int | None
     message: str
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """The answer to a write: rejected lines (sorted by line) and how many more went unlisted.
+
+    The server lists at most 100 errors; ``unlisted`` counts the rest, which all come
+    after the last listed line.
+    """
+
+    errors: list[LineError] = field(default_factory=list)
+    unlisted: int = 0
 
 
 class MotesClient:
@@ -174,7 +186,7 @@ class MotesClient:
         bucket: str | None,
         precision: str,
         on_retry: Callable[[str], None] | None = None,
-    ) -> list[LineError]:
+    ) -> WriteOutcome:
         """Send line protocol (gzip-compressed); the lines the server rejected, if any.
 
         A 400 that lists ``errors`` is a partial write: the other lines were stored, so
@@ -221,13 +233,15 @@ class MotesClient:
         self._sleep(delay)
 
 
-def _write_result(response: httpx.Response) -> list[LineError]:
+def _write_result(response: httpx.Response) -> WriteOutcome:
     if response.is_success:
-        return []
+        return WriteOutcome()
     if response.status_code == 400:
-        errors = _line_errors(_json_or_none(response))
+        body = _json_or_none(response)
+        errors = _line_errors(body)
         if errors:
-            return errors
+            unlisted = body.get("errors_truncated", 0) if isinstance(body, dict) else 0
+            return WriteOutcome(errors, unlisted if isinstance(unlisted, int) else 0)
     raise ApiError.from_response(response)
 
 

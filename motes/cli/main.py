@@ -30,7 +30,7 @@ from motes.cli.client import DEFAULT_URL, ApiError, MotesClient, MotesError
 from motes.cli.csvconv import CsvOptions
 from motes.cli.duration import duration_option
 from motes.cli.output import format_buckets, format_query_tables
-from motes.cli.write import WriteJob, WriteStopped, detect_format, run_write
+from motes.cli.write import Summary, WriteJob, WriteStopped, detect_format, run_write
 from motes.settings import Settings
 
 ClientFactory = Callable[..., MotesClient]
@@ -236,7 +236,8 @@ def delete_bucket(client: MotesClient, name: str) -> None:
     "--bucket",
     envvar="MOTES_BUCKET",
     show_envvar=True,
-    help="Bucket to write to (default: the server's).",
+    required=True,
+    help="Bucket to write to.",
 )
 @click.option(
     "--precision",
@@ -304,15 +305,23 @@ def write(
     )
     with _input(path) as stream, _progress_bar(path) as advance:
         summary = run_write(client, job, stream, advance=advance, notify=_note)
-    resumed = f" (resumed at line {summary.resumed_at})" if summary.resumed_at else ""
-    click.echo(
-        f"Wrote {summary.written:,} lines ({summary.points:,} points) in "
-        f"{summary.seconds:.1f}s: {summary.points_per_second:,.0f} points/s{resumed}."
-    )
+    _print_summary(summary, job.report_path)
+
+
+def _print_summary(summary: Summary, report: Path) -> None:
+    """Totals cover every run of a resumed write; exit code 1 if any line was rejected."""
+    rate = f"{summary.points_per_second:,.0f} points/s"
+    if summary.resumed_at is None:
+        timing = f"in {summary.seconds:.1f}s: {rate}"
+    else:
+        timing = (
+            f"in all; this run started at line {summary.resumed_at}: {summary.seconds:.1f}s, {rate}"
+        )
+    click.echo(f"Wrote {summary.written:,} lines ({summary.points:,} points) {timing}.")
     if summary.rejected:
         click.echo(
-            f"Rejected {summary.rejected:,} lines, listed in {summary.report}: fix them there"
-            f" and write that file (same options).",
+            f"Rejected {summary.rejected:,} lines, listed in {report}: fix them there"
+            " and write that file (same options).",
             err=True,
         )
         click.get_current_context().exit(1)
@@ -408,3 +417,7 @@ def query(
         return
     tables = answer.get("tables") or []
     click.echo("\n\n".join(format_query_tables(tables)) if tables else "No data.")
+
+
+if __name__ == "__main__":  # `python -m motes.cli.main`, as the process tests start it
+    main()

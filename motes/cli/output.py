@@ -48,7 +48,7 @@ def bucket_row(bucket: Mapping[str, Any]) -> list[object]:
     return [
         bucket.get("id", ""),
         bucket.get("name", ""),
-        format_retention(bucket.get("retention")),
+        format_retention(bucket),
         bucket.get("org", ""),
     ]
 

@@ -73,19 +73,20 @@ class WriteJob:
 
 @dataclass
 class Summary:
-    """What a run did (this run only, when resuming)."""
+    """Lines and points written and lines rejected, in all runs of a resumed write;
+    the rate is this run's."""
 
     written: int = 0
     points: int = 0
     rejected: int = 0
-    seconds: float = 0.0
-    resumed_at: int | None = None
-    report: Path | None = None
     next_line: int = 1
+    resumed_at: int | None = None
+    run_points: int = 0
+    seconds: float = 0.0
 
     @property
     def points_per_second(self) -> float:
-        return self.points / self.seconds if self.seconds > 0 else 0.0
+        return self.run_points / self.seconds if self.seconds > 0 else 0.0
 
 
 class WriteStopped(MotesError):
@@ -201,29 +202,36 @@ def batches(
 
 @dataclass(frozen=True)
 class Progress:
-    """Where the last acknowledged batch ended: byte offset, and the number of its last line."""
+    """Where the last acknowledged batch ended (byte offset, number of its last line),
+    and the counts so far, so that a resumed run can report on the whole file."""
 
     offset: int = 0
     line: int = 0
+    written: int = 0
+    points: int = 0
+    rejected: int = 0
 
     @classmethod
     def load(cls, path: Path) -> Progress | None:
         try:
             data = json.loads(path.read_text())
-            return cls(offset=int(data["offset"]), line=int(data["line"]))
+            return cls(**{name: int(data.get(name, 0)) for name in _PROGRESS_FIELDS})
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise MotesError(f"{path} is damaged ({exc}); delete it to start over") from exc
 
     def save(self, path: Path) -> None:
         """Replace ``path`` atomically: a crash leaves the previous progress or this one."""
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("w") as fh:
-            json.dump({"offset": self.offset, "line": self.line}, fh)
+            json.dump({name: getattr(self, name) for name in _PROGRESS_FIELDS}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+
+
+_PROGRESS_FIELDS = ("offset", "line", "written", "points", "rejected")
 
 
 ReportEntry = tuple[int, str, bytes | None]
@@ -283,7 +291,13 @@ def run_write(
     started = time.monotonic()
     start = _starting_point(job, stream, notify)
     records, convert, header = _records(job, stream, start)
-    summary = Summary(resumed_at=start.line + 1 if start.offset else None, next_line=start.line + 1)
+    summary = Summary(
+        written=start.written,
+        points=start.points,
+        rejected=start.rejected,
+        next_line=start.line + 1,
+        resumed_at=start.line + 1 if start.offset else None,
+    )
     report = RejectReport(job.report_path, append=start.offset > 0, header=header)
     advance(start.offset)
     done = start.offset
@@ -291,7 +305,8 @@ def run_write(
         for batch in batches(records, convert, job.batch_size):
             _send(client, job, batch, report, summary, notify)
             if job.progress_path is not None:
-                Progress(batch.end, batch.last_line).save(job.progress_path)
+                counts = (summary.written, summary.points, summary.rejected)
+                Progress(batch.end, batch.last_line, *counts).save(job.progress_path)
             advance(batch.end - done)
             done = batch.end
     except MotesError as exc:
@@ -382,33 +397,54 @@ def _send(
     notify: Callable[[str], None],
 ) -> None:
     """Send one batch and account for it: summary counts and report entries."""
-    errors = []
-    if batch.lines:
-        errors = client.write(
-            batch.body(), bucket=job.bucket, precision=job.precision, on_retry=notify
-        )
-    messages: dict[int, list[str]] = {}
-    unmapped: list[str] = []
-    for error in errors:
-        index = (error.line or 0) - 1
-        if 0 <= index < len(batch.sent):
-            messages.setdefault(index, []).append(error.message)
-        else:
-            unmapped.append(error.message)
+    rejected, unmapped = _rejections(client, job, batch.lines, notify)
     entries: list[ReportEntry] = [(rec.line, msg, rec.raw) for rec, msg in batch.refused]
-    entries += [(batch.sent[i].line, "; ".join(m), batch.sent[i].raw) for i, m in messages.items()]
+    entries += [(batch.sent[i].line, "; ".join(m), batch.sent[i].raw) for i, m in rejected.items()]
     if unmapped:
         first = batch.sent[0].line
         span = f"(somewhere in lines {first}-{batch.last_line})"
         entries += [(first, f"{span} {message}", None) for message in unmapped]
     report.add(entries)
-    accepted = [line for i, line in enumerate(batch.lines) if i not in messages]
+    accepted = [line for i, line in enumerate(batch.lines) if i not in rejected]
+    points = sum(count_fields(line) for line in accepted)
     summary.written += len(accepted)
-    summary.points += sum(count_fields(line) for line in accepted)
+    summary.points += points
+    summary.run_points += points
     summary.rejected += len(entries)
     summary.next_line = batch.last_line + 1
-    if entries:
-        summary.report = report.path
+
+
+def _rejections(
+    client: MotesClient, job: WriteJob, lines: list[bytes], notify: Callable[[str], None]
+) -> tuple[dict[int, list[str]], list[str]]:
+    """Write ``lines``; the server's messages per rejected line index, and those of no line.
+
+    The server lists at most 100 errors per request. When it held some back, the lines
+    after the last one listed are sent again — a point written twice overwrites itself —
+    until every rejected line is named.
+    """
+    rejected: dict[int, list[str]] = {}
+    unmapped: list[str] = []
+    start = 0
+    while start < len(lines):
+        body = b"\n".join(lines[start:])
+        outcome = client.write(body, bucket=job.bucket, precision=job.precision, on_retry=notify)
+        last = 0
+        for error in outcome.errors:
+            if error.line is not None and 0 < error.line <= len(lines) - start:
+                rejected.setdefault(start + error.line - 1, []).append(error.message)
+                last = max(last, error.line)
+            else:
+                unmapped.append(error.message)
+        if not outcome.unlisted:
+            break
+        if not last:  # nothing to resume after: count what cannot be named
+            unmapped.append(
+                f"{outcome.unlisted} more lines rejected (the server did not say which)"
+            )
+            break
+        start += last
+    return rejected, unmapped
 
 
 def _stopped_message(exc: MotesError, job: WriteJob, summary: Summary) -> str:

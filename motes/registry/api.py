@@ -1,11 +1,12 @@
 """Bucket, token and schema endpoints, plus schema discovery of a bucket's telemetry.
 
-    POST   /api/v1/buckets                 {"name": "plants", "retention": "30d"}  -> 201
-    GET    /api/v1/buckets
-    DELETE /api/v1/buckets/{bucket}                                                -> 204
-    POST   /api/v1/tokens                  {"description": "...", "permissions": ["write:buckets/<id>"]}
-    PUT    /api/v1/buckets/{bucket}/measurements/{m}/schema  {"fields": {"t": {"type": "float", "unit": "°C"}}}
-    GET    /api/v1/buckets/{bucket}/measurements[/{m}/fields|/{m}/tags|/{m}/tags/{key}/values]
+POST   /api/v1/buckets                 {"name": "plants", "retention": "30d"}  -> 201
+GET    /api/v1/buckets
+DELETE /api/v1/buckets/{bucket}                                                -> 204
+POST   /api/v1/tokens                  {"description": "...", "permissions": ["write:buckets/<id>"]}
+PUT    /api/v1/buckets/{bucket}/measurements/{m}/schema
+       {"fields": {"t": {"type": "float", "unit": "Cel"}}, "strict": true}
+GET    /api/v1/buckets/{bucket}/measurements[/{m}/fields|/{m}/tags|/{m}/tags/{key}/values]
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ async def list_buckets(request: Request) -> Response:
     org = resolve_org(request, token)
     registry = request.app.state.registry
     visible = [
-        b for b in registry.buckets(org.id)
+        b
+        for b in registry.buckets(org.id)
         if token.allows("read", "buckets", b.id) or token.allows("write", "buckets", b.id)
     ]
     return JSONResponse({"buckets": [b.to_dict(org.name) for b in visible]})
@@ -70,7 +72,9 @@ async def create_bucket(request: Request) -> Response:
     if not isinstance(retention, str | int) or isinstance(retention, bool):
         raise Invalid('"retention" must be a duration like "30d" or a number of seconds')
     registry = request.app.state.registry
-    bucket = await run_in_threadpool(registry.create_bucket, org.id, name, parse_duration(retention))
+    bucket = await run_in_threadpool(
+        registry.create_bucket, org.id, name, parse_duration(retention)
+    )
     return JSONResponse(bucket.to_dict(org.name), status_code=201)
 
 
@@ -97,7 +101,9 @@ async def create_token(request: Request) -> Response:
     if not isinstance(description, str):
         raise Invalid('"description" must be a string')
     registry = request.app.state.registry
-    created, secret = await run_in_threadpool(registry.create_token, token.org_id, description, perms)
+    created, secret = await run_in_threadpool(
+        registry.create_token, token.org_id, description, perms
+    )
     return JSONResponse(
         {
             "id": created.id,
@@ -167,7 +173,9 @@ async def put_schema(request: Request) -> Response:
     specs: dict[str, FieldSpec] = {}
     for name, spec in raw.items():
         if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
-            raise Invalid(f'field "{name}": give {{"type": "float|integer|unsigned|boolean|string"}}')
+            raise Invalid(
+                f'field "{name}": give {{"type": "float|integer|unsigned|boolean|string"}}'
+            )
         unit = spec.get("unit")
         if unit is not None and not isinstance(unit, str):
             raise Invalid(f'field "{name}": "unit" must be a string')

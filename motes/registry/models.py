@@ -56,7 +56,9 @@ class Permission:
     def parse(cls, text: str) -> Permission:
         action, _, resource = text.partition(":")
         if action not in ("read", "write") or not resource:
-            raise Invalid(f'invalid permission "{text}": expected read:<resource> or write:<resource>')
+            raise Invalid(
+                f'invalid permission "{text}": expected read:<resource> or write:<resource>'
+            )
         return cls(action, resource)  # type: ignore[arg-type]
 
 

@@ -1,8 +1,8 @@
 """Registry rules: first-start setup, buckets, tokens, device records, measurement schemas.
 
-    registry = Registry.open("sqlite:///motes-data/registry.sqlite")
-    token = registry.bootstrap("main", "telemetry", None)   # printed once if generated
-    auth = registry.authenticate(token)
+registry = Registry.open("sqlite:///motes-data/registry.sqlite")
+token = registry.bootstrap("main", "telemetry", None)   # printed once if generated
+auth = registry.authenticate(token)
 """
 
 from __future__ import annotations
@@ -31,8 +31,14 @@ from motes.registry.models import (
     Token,
     Unauthorized,
 )
-from motes.registry.tables import buckets, device_attribute_history, devices, measurement_schemas
-from motes.registry.tables import orgs, tokens
+from motes.registry.tables import (
+    buckets,
+    device_attribute_history,
+    devices,
+    measurement_schemas,
+    orgs,
+    tokens,
+)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
 TOKEN_CACHE_SECONDS = 5.0
@@ -93,7 +99,9 @@ class Registry:
             if conn.execute(sa.select(sa.func.count()).select_from(orgs)).scalar_one():
                 return None
             org_id = _new_id()
-            conn.execute(orgs.insert().values(id=org_id, name=check_name("org", org), created_ns=_now_ns()))
+            conn.execute(
+                orgs.insert().values(id=org_id, name=check_name("org", org), created_ns=_now_ns())
+            )
         self.create_bucket(org_id, bucket, 0)
         secret = token or secrets.token_urlsafe(32)
         self._insert_token(org_id, "operator token (all access)", True, (), secret)
@@ -158,7 +166,9 @@ class Registry:
 
     def delete_bucket(self, bucket: Bucket) -> None:
         with self.engine.begin() as conn:
-            conn.execute(measurement_schemas.delete().where(measurement_schemas.c.bucket_id == bucket.id))
+            conn.execute(
+                measurement_schemas.delete().where(measurement_schemas.c.bucket_id == bucket.id)
+            )
             conn.execute(buckets.delete().where(buckets.c.id == bucket.id))
         self._schema_cache.clear()
 
@@ -173,7 +183,12 @@ class Registry:
         return self._insert_token(org_id, description, permissions is None, perms, secret), secret
 
     def _insert_token(
-        self, org_id: str, description: str, all_access: bool, perms: tuple[Permission, ...], secret: str
+        self,
+        org_id: str,
+        description: str,
+        all_access: bool,
+        perms: tuple[Permission, ...],
+        secret: str,
     ) -> Token:
         token = Token(_new_id(), org_id, description, all_access, perms)
         with self.engine.begin() as conn:
@@ -200,7 +215,10 @@ class Registry:
         if r is None:
             raise Unauthorized("unauthorized access: invalid token")
         token = Token(
-            r.id, r.org_id, r.description, bool(r.all_access),
+            r.id,
+            r.org_id,
+            r.description,
+            bool(r.all_access),
             tuple(Permission.parse(p) for p in r.permissions),
         )
         self._token_cache[digest] = (time.monotonic() + TOKEN_CACHE_SECONDS, token)
@@ -228,8 +246,11 @@ class Registry:
                 if not updated:
                     conn.execute(
                         devices.insert().values(
-                            org_id=org_id, device=device, attributes=merged,
-                            attributes_updated_ns=now, last_seen_ns=now,
+                            org_id=org_id,
+                            device=device,
+                            attributes=merged,
+                            attributes_updated_ns=now,
+                            last_seen_ns=now,
                         )
                     )
                 if merged != current:
@@ -244,7 +265,9 @@ class Registry:
         with self.engine.connect() as conn:
             return (
                 conn.execute(
-                    sa.select(devices.c.device).where(devices.c.org_id == key[0], devices.c.device == key[1])
+                    sa.select(devices.c.device).where(
+                        devices.c.org_id == key[0], devices.c.device == key[1]
+                    )
                 ).first()
                 is not None
             )
@@ -256,7 +279,9 @@ class Registry:
             ).first()
         if r is None:
             raise NotFound(f'device "{device}" not found')
-        return DeviceRecord(org_id, device, dict(r.attributes), r.attributes_updated_ns, r.last_seen_ns)
+        return DeviceRecord(
+            org_id, device, dict(r.attributes), r.attributes_updated_ns, r.last_seen_ns
+        )
 
     def attribute_history(self, org_id: str, device: str, limit: int = 100) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -150,7 +150,10 @@ def _codec(request: Request, device: str | None) -> partial[Decoded]:
     precision = precision_of(request, default_precision)
     codecs.check_media_type(content_type)
     return partial(
-        _decode_any, content_type=content_type, device=device, measurement=measurement,
+        _decode_any,
+        content_type=content_type,
+        device=device,
+        measurement=measurement,
         precision=precision,
     )
 

@@ -8,6 +8,8 @@ a window with no points gets a row whose values follow the fill rule.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 
@@ -51,7 +53,9 @@ def _fill_column(col: pa.ChunkedArray, pos: np.ndarray, size: int, fill: str) ->
     try:
         number = float(fill)
     except ValueError as exc:
-        raise QueryError(f'fill must be none, null, previous, linear or a number, got "{fill}"') from exc
+        raise QueryError(
+            f'fill must be none, null, previous, linear or a number, got "{fill}"'
+        ) from exc
     filled = [number if v is None else v for v in out]
     return pa.array(filled, pa.float64() if pa.types.is_floating(col.type) else None)
 
@@ -59,7 +63,7 @@ def _fill_column(col: pa.ChunkedArray, pos: np.ndarray, size: int, fill: str) ->
 def _linear(values: list[object]) -> list[float | None]:
     known = [(i, float(v)) for i, v in enumerate(values) if isinstance(v, int | float)]
     out: list[float | None] = [None] * len(values)
-    for (i0, v0), (i1, v1) in zip(known, known[1:], strict=False):
+    for (i0, v0), (i1, v1) in itertools.pairwise(known):
         for i in range(i0, i1 + 1):
             out[i] = v0 + (v1 - v0) * (i - i0) / (i1 - i0) if i1 != i0 else v0
     for i, v in known:

@@ -54,9 +54,7 @@ def field_type_of(arrow_type: pa.DataType) -> FieldType:
 
 
 def _escape(text: str) -> str:
-    return (
-        text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-    )
+    return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 def format_tagset(tags: Mapping[str, str]) -> str:

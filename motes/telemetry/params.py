@@ -1,9 +1,9 @@
 """Query-string vocabulary: times (absolute or relative), durations, tag filters, output times.
 
-    parse_time("-48h", now)            # now - 48 h, in ns
-    parse_time("2026-01-01T00:00:00Z") # RFC 3339
-    parse_time("1582046738255")        # integers are epoch milliseconds
-    parse_duration_ns("10m")           # 600_000_000_000
+parse_time("-48h", now)            # now - 48 h, in ns
+parse_time("2026-01-01T00:00:00Z") # RFC 3339
+parse_time("1582046738255")        # integers are epoch milliseconds
+parse_duration_ns("10m")           # 600_000_000_000
 """
 
 from __future__ import annotations

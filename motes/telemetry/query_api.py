@@ -36,8 +36,8 @@ from motes.telemetry.params import (
     parse_time,
     positive_int,
 )
-from motes.telemetry.store.protocol import Aggregation, Selection
 from motes.telemetry.store.duckdb_read import AGGREGATES
+from motes.telemetry.store.protocol import Aggregation, Selection
 
 Tables = list[tuple[dict[str, str], pa.Table]]
 
@@ -95,7 +95,9 @@ def _aggregation(params: Any) -> Aggregation | None:
     return Aggregation(every=every_ns, fn=fn, group_by=group_by)
 
 
-def _table_json(measurement: str, tags: dict[str, str], table: pa.Table, epoch: str | None) -> dict[str, Any]:
+def _table_json(
+    measurement: str, tags: dict[str, str], table: pa.Table, epoch: str | None
+) -> dict[str, Any]:
     times = [format_time(t, epoch) for t in table.column("time").to_pylist()]
     cols = [table.column(i).to_pylist() for i in range(1, table.num_columns)]
     return {
@@ -129,7 +131,9 @@ async def device_fetch(request: Request) -> Response:
     start = _ms_param(params.get("from"), 0)
     stop = _ms_param(params.get("to"), MAX_NS // 1_000_000)
     measurement = params.get("measurement", DEFAULT_MEASUREMENT)
-    sel = Selection(bucket.id, measurement, start * 1_000_000, stop * 1_000_000, {DEVICE_TAG: [device]})
+    sel = Selection(
+        bucket.id, measurement, start * 1_000_000, stop * 1_000_000, {DEVICE_TAG: [device]}
+    )
     limit = positive_int("limit", params.get("limit"))
     agg = Aggregation(every=0, fn="", group_by=(DEVICE_TAG,))
     tables: Tables = await run_in_threadpool(request.app.state.telemetry.read, sel, agg, limit)
@@ -137,7 +141,9 @@ async def device_fetch(request: Request) -> Response:
     for _, tab in tables:
         for row in tab.to_pylist():
             t = row.pop("time")
-            rows.append({"timestamp": t // 1_000_000, **{k: v for k, v in row.items() if v is not None}})
+            rows.append(
+                {"timestamp": t // 1_000_000, **{k: v for k, v in row.items() if v is not None}}
+            )
     return JSONResponse(rows)
 
 
@@ -163,8 +169,11 @@ async def device_record(request: Request) -> Response:
     history = await run_in_threadpool(registry.attribute_history, org.id, device)
     fields: dict[str, Any] = {}
     for lv in latest:
-        fields[lv.field] = {"time": format_time(lv.time, None), "value": lv.value,
-                            "measurement": lv.series.measurement}
+        fields[lv.field] = {
+            "time": format_time(lv.time, None),
+            "value": lv.value,
+            "measurement": lv.series.measurement,
+        }
     last_seen = max([lv.time for lv in latest] + [record.last_seen_ns or 0 if record else 0])
     return JSONResponse(
         {
@@ -176,7 +185,8 @@ async def device_record(request: Request) -> Response:
             "last_seen": format_time(last_seen, None) if last_seen else None,
             "latest": fields,
             "attribute_history": [
-                {"time": format_time(h["time_ns"], None), "attributes": h["attributes"]} for h in history
+                {"time": format_time(h["time_ns"], None), "attributes": h["attributes"]}
+                for h in history
             ],
         }
     )

@@ -211,10 +211,10 @@ def _reduce(fn: str, values: list[float]) -> float | int | None:
         return len(values)
     if not values:
         return None
-    result = {
+    reducers: dict[str, Callable[[list[float]], float]] = {
         "sum": math.fsum,
         "mean": statistics.fmean,
         "min": min,
         "max": max,
-    }[fn](values)
-    return float(result)
+    }
+    return float(reducers[fn](values))

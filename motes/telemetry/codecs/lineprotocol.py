@@ -88,9 +88,13 @@ def precision_factor(precision: str) -> int:
 
 
 def _assemble(parts: list[col.Points], errors: list[PointError]) -> Decoded:
-    points, conflicts = col.first_kind_wins(col.concat(parts))
-    errors = sorted([*errors, *conflicts], key=lambda e: e.line or 0)
-    return Decoded(frames=col.to_frames(points), errors=errors)
+    points = col.concat(parts)
+    groups = col.field_groups(points)
+    points, conflicts = col.first_kind_wins(points, groups)
+    if conflicts:
+        groups = col.field_groups(points)
+        errors = sorted([*errors, *conflicts], key=lambda e: e.line or 0)
+    return Decoded(frames=col.to_frames(points, groups), errors=errors)
 
 
 # -- series keys (shared by both paths) -------------------------------------------------------
@@ -335,10 +339,14 @@ def _decode_fast(text: str, factor: int, device: str | None) -> Decoded:
     numbers = np.flatnonzero(simple) + 1
     simple_lines = lines.filter(pa.array(simple))
     points, fallback = _fast_points(simple_lines, numbers, factor, device)
+    if fallback.any():
+        points = points.take_rows(~fallback)
     others = np.sort(np.r_[np.flatnonzero(~simple), numbers[fallback] - 1])
+    if not len(others):
+        return _assemble([points], [])
     leftovers = zip((others + 1).tolist(), lines.take(pa.array(others)).to_pylist(), strict=True)
     reference, errors = _reference_points(leftovers, factor, device)
-    return _assemble([points.take_rows(~fallback), reference], errors)
+    return _assemble([points, reference], errors)
 
 
 def _fast_points(

@@ -15,6 +15,7 @@ updated at ingest and rebuilt at start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -32,8 +33,8 @@ from motes.telemetry.store.duckdb_write import Latest, TableBatch, build_batches
 from motes.telemetry.store.protocol import (
     Aggregation,
     LatestValue,
-    SeriesInfo,
     Selection,
+    SeriesInfo,
     WriteOutcome,
     WriteRequest,
 )
@@ -76,7 +77,10 @@ class DuckDBStore:
         self.compact_rows = compact_rows
         self._last_compaction: dict[str, float] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
-        config = {"memory_limit": memory_limit, "threads": str(threads)}
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "memory_limit": memory_limit,
+            "threads": threads,
+        }
         self._db = duckdb.connect(str(path), config=config)
         self._db.execute(SCHEMA)
         self._local = threading.local()
@@ -153,7 +157,9 @@ class DuckDBStore:
         t = m.table
         self._db.execute(f"CREATE TABLE {t}(series UINTEGER, time BIGINT)")
         self._db.execute(f"CREATE TABLE {t}_hot(series UINTEGER, time BIGINT)")
-        self._db.execute(f"CREATE VIEW {t}_all AS SELECT * FROM {t} UNION ALL BY NAME SELECT * FROM {t}_hot")
+        self._db.execute(
+            f"CREATE VIEW {t}_all AS SELECT * FROM {t} UNION ALL BY NAME SELECT * FROM {t}_hot"
+        )
         self._db.execute("INSERT INTO motes_measurements VALUES (?, ?, ?)", [bucket, name, t])
         self._hot_rows[t] = 0
         return m
@@ -170,7 +176,8 @@ class DuckDBStore:
     def _add_series(self, m: MeasurementInfo, tagsets: list[str]) -> None:
         ids = [self.catalog.add_series(m, ts) for ts in tagsets]
         self._db.executemany(
-            "INSERT INTO motes_series VALUES (?, ?, ?)", [[i, m.table, ts] for i, ts in zip(ids, tagsets, strict=True)]
+            "INSERT INTO motes_series VALUES (?, ?, ?)",
+            [[i, m.table, ts] for i, ts in zip(ids, tagsets, strict=True)],
         )
         self._grow(max(ids))
 
@@ -201,10 +208,8 @@ class DuckDBStore:
         return outcomes
 
     def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(duckdb.Error):
             self._db.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
         self._load_catalog()
         self._load_latest()
 
@@ -220,7 +225,9 @@ class DuckDBStore:
                 self._merge(m, cols)
             else:
                 col_list = ", ".join(cols)
-                self._db.execute(f"INSERT INTO {m.table}_hot ({col_list}) SELECT {col_list} FROM incoming")
+                self._db.execute(
+                    f"INSERT INTO {m.table}_hot ({col_list}) SELECT {col_list} FROM incoming"
+                )
         finally:
             self._db.unregister("incoming")
         self._hot_rows[m.table] = self._hot_rows.get(m.table, 0) + len(table)
@@ -240,7 +247,8 @@ class DuckDBStore:
         self._db.execute(
             "CREATE OR REPLACE TEMP TABLE motes_merged AS SELECT i.series, i.time"
             + (f", {merged}" if merged else "")
-            + f" FROM motes_inc i LEFT JOIN {m.table}_all d ON d.series = i.series AND d.time = i.time"
+            + f" FROM motes_inc i LEFT JOIN {m.table}_all d"
+            + " ON d.series = i.series AND d.time = i.time"
         )
         for table in (m.table, f"{m.table}_hot"):
             self._db.execute(
@@ -248,7 +256,9 @@ class DuckDBStore:
                 f"WHERE {table}.series = i.series AND {table}.time = i.time"
             )
         col_list = ", ".join(cols)
-        self._db.execute(f"INSERT INTO {m.table}_hot ({col_list}) SELECT {col_list} FROM motes_merged")
+        self._db.execute(
+            f"INSERT INTO {m.table}_hot ({col_list}) SELECT {col_list} FROM motes_merged"
+        )
         self._db.execute("DROP TABLE motes_inc")
         self._db.execute("DROP TABLE motes_merged")
 
@@ -276,7 +286,9 @@ class DuckDBStore:
             return
         try:
             self._db.execute("BEGIN")
-            self._db.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {table}_hot ORDER BY series, time")
+            self._db.execute(
+                f"INSERT INTO {table} BY NAME SELECT * FROM {table}_hot ORDER BY series, time"
+            )
             self._db.execute(f"DELETE FROM {table}_hot")
             self._db.execute("COMMIT")
         except duckdb.Error as exc:

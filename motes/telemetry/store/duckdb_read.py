@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from motes.telemetry.models import QueryError
 from motes.telemetry.store.catalog import Catalog, FieldInfo, MeasurementInfo
-from motes.telemetry.store.protocol import Aggregation, SeriesInfo, Selection
+from motes.telemetry.store.protocol import Aggregation, Selection, SeriesInfo
 
 NUMERIC = {"float", "integer", "unsigned"}
 AGGREGATES: dict[str, str] = {
@@ -98,7 +98,9 @@ def _groups(
         groups[gid] = {k: v for k, v in zip(group_by, key, strict=True) if v}
         sids.append(s.id)
         gids.append(gid)
-    return groups, pa.table({"series": pa.array(sids, pa.uint32()), "gid": pa.array(gids, pa.int64())})
+    return groups, pa.table(
+        {"series": pa.array(sids, pa.uint32()), "gid": pa.array(gids, pa.int64())}
+    )
 
 
 def _sql(

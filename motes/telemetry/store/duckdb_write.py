@@ -155,7 +155,9 @@ class Latest:
             last = idx[np.r_[s[1:] != s[:-1], True]]
             values = col.take(pa.array(last)).to_pylist()
             field = names[col_name]
-            for sid, t, v in zip(batch.series[last].tolist(), batch.time[last].tolist(), values, strict=True):
+            for sid, t, v in zip(
+                batch.series[last].tolist(), batch.time[last].tolist(), values, strict=True
+            ):
                 current = self._values.get(sid, {}).get(field)
                 if current is None or t >= current[0]:
                     self.set(sid, field, t, v)
