@@ -58,6 +58,13 @@ def parse_row(text: str) -> list[str]:
     return next(csv.reader(io.StringIO(text, newline="")), [])
 
 
+def _escaped_name(name: str) -> str:
+    try:
+        return escape_key(name)
+    except ValueError as exc:
+        raise HeaderError(str(exc)) from exc
+
+
 class CsvConverter:
     """Converts rows under one header; built once per file."""
 
@@ -65,8 +72,12 @@ class CsvConverter:
         self.header = [name.strip() for name in header]
         self.options = options
         self._check_header()
-        self._tags = set(options.tag_columns)
         self._integers = set(options.integer_columns)
+        # Worked out once per file rather than once per row.
+        self._keys = {name: _escaped_name(name) for name in self.header}
+        self._tags = sorted(set(options.tag_columns))  # sorted: the order the server stores
+        roles = (TIME_COLUMN, MEASUREMENT_COLUMN, *self._tags)
+        self._field_columns = [name for name in self.header if name not in roles]
 
     def _check_header(self) -> None:
         seen: set[str] = set()
@@ -101,19 +112,19 @@ class CsvConverter:
         measurement = cells.get(MEASUREMENT_COLUMN, "").strip() or self.options.measurement
         if not measurement:
             raise RowError("no measurement: the 'measurement' cell is empty")
-        # Sorted tags are the order the server stores; it saves it a sort per series.
-        tags = sorted((k, v) for k, v in cells.items() if k in self._tags and v.strip())
         parts = [escape_measurement(measurement)]
-        parts += [f"{escape_key(k)}={escape_key(v.strip())}" for k, v in tags]
+        parts += [
+            f"{self._keys[k]}={escape_key(cells[k].strip())}"
+            for k in self._tags
+            if cells[k].strip()
+        ]
         return ",".join(parts)
 
     def _fields(self, cells: dict[str, str]) -> str:
         fields = [
-            f"{escape_key(name)}={self._value(name, text)}"
-            for name, text in cells.items()
-            if name not in self._tags
-            and name not in (TIME_COLUMN, MEASUREMENT_COLUMN)
-            and text.strip()
+            f"{self._keys[name]}={self._value(name, cells[name])}"
+            for name in self._field_columns
+            if cells[name].strip()
         ]
         if not fields:
             raise RowError("no field values in the row")

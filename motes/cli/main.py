@@ -137,9 +137,10 @@ def serve(
     http_host: str | None,
     config: Path | None,
 ) -> None:
-    """Run the Motes server (HTTP API, and later MQTT) until interrupted.
+    """Run the Motes server until interrupted.
 
-    Options left out come from MOTES_* environment variables, then defaults.
+    Options left out come from the --config file, then MOTES_* environment variables,
+    then defaults.
     """
     given = {
         "data_dir": data_dir,
@@ -164,13 +165,13 @@ def serve(
 @_URL_OPTION
 @click.pass_context
 def version(ctx: click.Context, url: str) -> None:
-    """Print the version of this CLI and of the server at --url, if one answers."""
+    """Print the versions of the CLI and of the server at --url."""
     click.echo(f"motes {__version__}")
     try:
         with _factory(ctx)(url) as client:
             server_version = client.health().get("version")
-    except MotesError:
-        click.echo(f"(no Motes server answering at {url})", err=True)
+    except MotesError as exc:
+        click.echo(f"server: {exc}", err=True)  # not a failure: the CLI's version is printed
         return
     if server_version:
         click.echo(f"server {server_version} at {url}")
@@ -303,8 +304,11 @@ def write(
         errors_path=errors_file,
         csv=CsvOptions(measurement, tag_column, integer_column, precision),
     )
-    with _input(path) as stream, _progress_bar(path) as advance:
-        summary = run_write(client, job, stream, advance=advance, notify=_note)
+    try:
+        with _input(path) as stream, _progress_bar(path) as advance:
+            summary = run_write(client, job, stream, advance=advance, notify=_note)
+    except OSError as exc:  # the report or progress file cannot be written, say
+        raise click.ClickException(f"{exc.strerror}: {exc.filename}") from exc
     _print_summary(summary, job.report_path)
 
 
@@ -342,11 +346,11 @@ def _input(path: Path | None) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def _progress_bar(path: Path | None) -> Iterator[Callable[[int], None]]:
-    """A byte-count progress bar on stderr (hidden when it is not a terminal)."""
-    if path is None:  # stdin: no length to measure against
+    """A byte-count progress bar on stderr, if that is a terminal (logs need no bar)."""
+    stderr = click.get_text_stream("stderr")
+    if path is None or not stderr.isatty():  # stdin: no length to measure against
         yield lambda _: None
         return
-    stderr = click.get_text_stream("stderr")
     with click.progressbar(length=path.stat().st_size, label="Writing", file=stderr) as bar:
         yield bar.update
 
@@ -366,8 +370,10 @@ def _tag_filters(ctx: click.Context, param: click.Parameter, values: tuple[str, 
 
 
 @main.command()
-@click.option("--bucket", envvar="MOTES_BUCKET", show_envvar=True, required=True)
-@click.option("--measurement", "-m", required=True)
+@click.option(
+    "--bucket", envvar="MOTES_BUCKET", show_envvar=True, required=True, help="Bucket to read."
+)
+@click.option("--measurement", "-m", required=True, help="Measurement to read.")
 @click.option("--field", "fields", multiple=True, help="Field to return (repeatable; default all).")
 @click.option(
     "--tag",
@@ -381,12 +387,12 @@ def _tag_filters(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     "--start",
     default="-1h",
     show_default=True,
-    help="Start: RFC 3339 time, or relative to now (-1h, -7d).",
+    help="Start: RFC 3339, epoch milliseconds, or relative to now (-1h, -7d).",
 )
 @click.option("--stop", help="Stop: like --start (default: now).")
 @click.option("--every", help="Window for aggregation, e.g. 10m.")
-@click.option("--fn", help="Aggregate per window: mean, min, max, sum, count, first, last...")
-@click.option("--group-by", help="Tag to group series by.")
+@click.option("--fn", help="Aggregate per window: mean, min, max, sum, count, first, last, median.")
+@click.option("--group-by", help="Tag keys to merge series by, comma-separated.")
 @click.option("--fill", help="Empty windows: null, previous, linear, none, or a number.")
 @click.option("--limit", type=click.IntRange(min=1), help="Rows per table at most.")
 @click.option("--csv", "as_csv", is_flag=True, help="Ask the server for CSV and print it.")
@@ -402,10 +408,12 @@ def query(
 ) -> None:
     """Query one measurement; print a table per series.
 
+    \b
     motes query --bucket telemetry -m env --field temperature --every 10m --fn mean
     """
     if as_csv and as_json:
         raise click.UsageError("--csv and --json cannot be combined")
+    # The single-valued options are named as the API's query parameters (group_by too).
     params = [(name, value) for name, value in single.items() if value is not None]
     params += [("field", f) for f in fields] + [("tag", t) for t in tags]
     if as_csv:

@@ -4,11 +4,9 @@
     with job.path.open("rb") as stream:
         summary = run_write(client, job, stream, advance=bar.update, notify=print)
 
-- The input is read as bytes, record by record — a line, or for CSV a row, which may
-  span lines inside quotes — keeping each record's line number and the byte offset
-  after it. Blank lines and ``#`` comments are skipped.
-- Records go out in batches of ``batch_size``, gzip-compressed (see MotesClient.write,
-  which also retries busy answers and network errors).
+- The input is cut into batches of ``batch_size`` lines (see batches.py: CSV rows are
+  converted to line protocol there), each sent gzip-compressed by MotesClient.write,
+  which also retries busy answers and network errors.
 - Lines the server rejects (numbered 1.. within the batch body) are mapped back to file
   lines and appended to the report: ``# line N: message`` then the original line, so
   the report can be fixed and sent again with ``motes write -f FILE.rejected``.
@@ -19,7 +17,6 @@
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import time
@@ -28,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
+from motes.cli.batches import Batch, Record, csv_batches, csv_records, lp_batches
 from motes.cli.client import MotesClient, MotesError
 from motes.cli.csvconv import CsvConverter, CsvOptions, HeaderError, parse_row
 from motes.cli.lineproto import count_fields
@@ -37,8 +35,6 @@ Format = Literal["lp", "csv"]
 PROGRESS_SUFFIX = ".motes-progress"
 REPORT_SUFFIX = ".rejected"
 STDIN_REPORT = Path("stdin.rejected")
-# Well under the server's default 32 MiB body limit, whatever --batch-size says.
-MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 
 def _ignore(_: object) -> None:
@@ -105,96 +101,6 @@ def detect_format(path: Path | None, fmt: str | None) -> Format:
         return "lp"
     name = path.name.lower().removesuffix(REPORT_SUFFIX)
     return "csv" if name.endswith(".csv") else "lp"
-
-
-# -- records ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Record:
-    """One data record: its first and last line numbers, the offset after it, its bytes."""
-
-    line: int
-    last_line: int
-    end: int
-    raw: bytes
-
-
-def read_records(
-    stream: IO[bytes], *, offset: int = 0, line: int = 1, csv: bool = False
-) -> Iterator[Record]:
-    """Records from the stream's position, which is byte ``offset`` and line ``line``."""
-    buf, start, quotes = b"", line, 0
-    for chunk in stream:
-        at_start = offset == 0
-        offset += len(chunk)  # before stripping a BOM: offsets are for seeking
-        if at_start:
-            chunk = chunk.removeprefix(codecs.BOM_UTF8)  # spreadsheets like to add one
-        buf += chunk
-        quotes += chunk.count(b'"') if csv else 0
-        if quotes % 2:  # an open quoted CSV cell: the record goes on on the next line
-            line += 1
-            continue
-        if not _skipped(buf):
-            yield Record(start, line, offset, _strip_eol(buf))
-        line += 1
-        buf, start, quotes = b"", line, 0
-    if buf and not _skipped(buf):  # an unterminated quote at the end of the input
-        yield Record(start, line - 1, offset, _strip_eol(buf))
-
-
-def _strip_eol(raw: bytes) -> bytes:
-    return raw.removesuffix(b"\n").removesuffix(b"\r")
-
-
-def _skipped(raw: bytes) -> bool:
-    text = raw.strip()
-    return not text or text.startswith(b"#")
-
-
-# -- batches ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """Consecutive records: those to send (``sent``/``lines``) and those refused locally."""
-
-    sent: list[Record] = field(default_factory=list)
-    lines: list[bytes] = field(default_factory=list)
-    refused: list[tuple[Record, str]] = field(default_factory=list)
-    end: int = 0
-    last_line: int = 0
-    size: int = 0
-
-    def __len__(self) -> int:
-        return len(self.sent) + len(self.refused)
-
-    def add(self, record: Record, convert: Callable[[Record], bytes]) -> None:
-        try:
-            line = convert(record)
-        except ValueError as exc:
-            self.refused.append((record, str(exc)))
-        else:
-            self.sent.append(record)
-            self.lines.append(line)
-            self.size += len(line) + 1
-        self.end, self.last_line = record.end, record.last_line
-
-    def body(self) -> bytes:
-        return b"\n".join(self.lines)
-
-
-def batches(
-    records: Iterator[Record], convert: Callable[[Record], bytes], batch_size: int
-) -> Iterator[Batch]:
-    batch = Batch()
-    for record in records:
-        batch.add(record, convert)
-        if len(batch) >= batch_size or batch.size >= MAX_BATCH_BYTES:
-            yield batch
-            batch = Batch()
-    if len(batch):
-        yield batch
 
 
 # -- progress and report ----------------------------------------------------------------------
@@ -290,7 +196,7 @@ def run_write(
     """
     started = time.monotonic()
     start = _starting_point(job, stream, notify)
-    records, convert, header = _records(job, stream, start)
+    batches, header = _batches(job, stream, start)
     summary = Summary(
         written=start.written,
         points=start.points,
@@ -302,7 +208,7 @@ def run_write(
     advance(start.offset)
     done = start.offset
     try:
-        for batch in batches(records, convert, job.batch_size):
+        for batch in batches:
             _send(client, job, batch, report, summary, notify)
             if job.progress_path is not None:
                 counts = (summary.written, summary.points, summary.rejected)
@@ -341,8 +247,8 @@ def _starting_point(job: WriteJob, stream: IO[bytes], notify: Callable[[str], No
 def _check_resumable(stream: IO[bytes], saved: Progress, path: Path) -> None:
     """The saved offset must still end a line of the file, or the file has changed."""
     size = stream.seek(0, os.SEEK_END)
-    ends_line = saved.offset == 0
-    if 0 < saved.offset <= size:
+    ends_line = saved.offset in (0, size)  # the end of the file ends a line too
+    if 0 < saved.offset < size:
         stream.seek(saved.offset - 1)
         ends_line = stream.read(1) == b"\n"
     stream.seek(0)
@@ -350,27 +256,23 @@ def _check_resumable(stream: IO[bytes], saved: Progress, path: Path) -> None:
         raise MotesError(f"the file changed since {path.name} was saved; delete it to start over")
 
 
-def _records(
+def _batches(
     job: WriteJob, stream: IO[bytes], start: Progress
-) -> tuple[Iterator[Record], Callable[[Record], bytes], bytes | None]:
-    """The records to send, how to turn one into a line, and the CSV header (if CSV)."""
-    csv = job.fmt == "csv"
-    records = read_records(stream, csv=csv)
-    convert: Callable[[Record], bytes] = _as_is
-    header: Record | None = None
-    if csv:
-        header = next(records, None)
-        if header is None:
-            return iter(()), convert, None
-        convert = _csv_convert(_converter(header, job))
-    if start.offset:
+) -> tuple[Iterator[Batch], bytes | None]:
+    """The batches to send from ``start`` on, and the CSV header (None for line protocol)."""
+    if job.fmt == "lp":
+        if start.offset:
+            stream.seek(start.offset)
+        return lp_batches(stream, job.batch_size, offset=start.offset, line=start.line), None
+    records = csv_records(stream)
+    header = next(records, None)
+    if header is None:
+        return iter(()), None
+    converter = _converter(header, job)
+    if start.offset:  # the header comes from the top of the file, the rows from the offset
         stream.seek(start.offset)
-        records = read_records(stream, offset=start.offset, line=start.line + 1, csv=csv)
-    return records, convert, None if header is None else header.raw
-
-
-def _as_is(record: Record) -> bytes:
-    return record.raw
+        records = csv_records(stream, offset=start.offset, line=start.line)
+    return csv_batches(records, converter, job.batch_size), header.raw
 
 
 def _converter(header: Record, job: WriteJob) -> CsvConverter:
@@ -378,14 +280,6 @@ def _converter(header: Record, job: WriteJob) -> CsvConverter:
         return CsvConverter(parse_row(header.raw.decode()), job.csv)
     except (HeaderError, UnicodeDecodeError) as exc:
         raise MotesError(f"CSV header (line {header.line}): {exc}") from exc
-
-
-def _csv_convert(converter: CsvConverter) -> Callable[[Record], bytes]:
-    def convert(record: Record) -> bytes:
-        # UnicodeDecodeError is a ValueError: such a row is refused like any bad row.
-        return converter.convert(parse_row(record.raw.decode()))
-
-    return convert
 
 
 def _send(
@@ -398,10 +292,12 @@ def _send(
 ) -> None:
     """Send one batch and account for it: summary counts and report entries."""
     rejected, unmapped = _rejections(client, job, batch.lines, notify)
-    entries: list[ReportEntry] = [(rec.line, msg, rec.raw) for rec, msg in batch.refused]
-    entries += [(batch.sent[i].line, "; ".join(m), batch.sent[i].raw) for i, m in rejected.items()]
+    entries: list[ReportEntry] = list(batch.refused)
+    entries += [
+        (batch.numbers[i], "; ".join(msgs), batch.originals[i]) for i, msgs in rejected.items()
+    ]
     if unmapped:
-        first = batch.sent[0].line
+        first = batch.numbers[0]
         span = f"(somewhere in lines {first}-{batch.last_line})"
         entries += [(first, f"{span} {message}", None) for message in unmapped]
     report.add(entries)
