@@ -49,6 +49,11 @@ SQL_TYPES: dict[FieldType, str] = {
     "string": "VARCHAR",
 }
 NO_TIME = np.iinfo(np.int64).min
+ROW_GROUP_SIZE = 491_520
+# Time is stored as whole seconds plus nanoseconds: sorted by (series, time), the seconds
+# compress to a few bits even across series boundaries, where ns deltas would need 48.
+TIME = "(t_s * 1000000000 + t_ns)"
+NS = 1_000_000_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS motes_measurements(
@@ -72,7 +77,7 @@ class DuckDBStore:
         *,
         memory_limit: str = "1GB",
         threads: int = 2,
-        compact_rows: int = 2_000_000,
+        compact_rows: int = 1_000_000,
     ) -> None:
         self.compact_rows = compact_rows
         self._last_compaction: dict[str, float] = {}
@@ -80,8 +85,15 @@ class DuckDBStore:
         config: dict[str, str | bool | int | float | list[str]] = {
             "memory_limit": memory_limit,
             "threads": threads,
+            # compaction checkpoints explicitly: unsorted hot rows should never be written
+            # to the data file, where their freed blocks would linger
+            "checkpoint_threshold": "1GB",
         }
-        self._db = duckdb.connect(str(path), config=config)
+        self._db = duckdb.connect(config=config)
+        # Bigger row groups than DuckDB's default compress sorted sensor data ~30% better
+        # and still let zone maps skip most of the table for one series.
+        self._db.execute(f"ATTACH '{path}' AS motes (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+        self._db.execute("USE motes")
         self._db.execute(SCHEMA)
         self._local = threading.local()
         self.catalog = Catalog()
@@ -155,10 +167,12 @@ class DuckDBStore:
     def _create_measurement(self, bucket: str, name: str) -> MeasurementInfo:
         m = self.catalog.add_measurement(bucket, name)
         t = m.table
-        self._db.execute(f"CREATE TABLE {t}(series UINTEGER, time BIGINT)")
-        self._db.execute(f"CREATE TABLE {t}_hot(series UINTEGER, time BIGINT)")
+        for table in (t, f"{t}_hot"):
+            self._db.execute(f"CREATE TABLE {table}(series UINTEGER, t_s BIGINT, t_ns INTEGER)")
         self._db.execute(
-            f"CREATE VIEW {t}_all AS SELECT * FROM {t} UNION ALL BY NAME SELECT * FROM {t}_hot"
+            f"CREATE VIEW {t}_all AS SELECT series, t_s, {TIME} AS time, "
+            "* EXCLUDE (series, t_s, t_ns) "
+            f"FROM (SELECT * FROM {t} UNION ALL BY NAME SELECT * FROM {t}_hot)"
         )
         self._db.execute("INSERT INTO motes_measurements VALUES (?, ?, ?)", [bucket, name, t])
         self._hot_rows[t] = 0
@@ -215,7 +229,7 @@ class DuckDBStore:
 
     def _append(self, batch: TableBatch) -> None:
         m = batch.measurement
-        cols = ["series", "time", *(f.column for f in m.fields.values())]
+        cols = ["series", "t_s", "t_ns", *(f.column for f in m.fields.values())]
         table = batch.table(cols)
         sids = batch.series
         overlap = batch.time <= self._max_time[sids]
@@ -234,26 +248,28 @@ class DuckDBStore:
 
     def _merge(self, m: MeasurementInfo, cols: list[str]) -> None:
         """Last write wins per field: merge incoming rows with stored rows at the same time."""
-        fields = cols[2:]
+        fields = cols[3:]
         dedup = ", ".join(
             f"last({c} ORDER BY seq) FILTER (WHERE {c} IS NOT NULL) AS {c}" for c in fields
         )
         self._db.execute(
-            "CREATE OR REPLACE TEMP TABLE motes_inc AS SELECT series, time"
+            "CREATE OR REPLACE TEMP TABLE motes_inc AS SELECT series, t_s, t_ns"
             + (f", {dedup}" if dedup else "")
-            + " FROM (SELECT *, row_number() OVER () AS seq FROM incoming) GROUP BY series, time"
+            + " FROM (SELECT *, row_number() OVER () AS seq FROM incoming)"
+            + " GROUP BY series, t_s, t_ns"
         )
         merged = ", ".join(f"coalesce(i.{c}, d.{c}) AS {c}" for c in fields)
         self._db.execute(
-            "CREATE OR REPLACE TEMP TABLE motes_merged AS SELECT i.series, i.time"
+            "CREATE OR REPLACE TEMP TABLE motes_merged AS SELECT i.series, i.t_s, i.t_ns"
             + (f", {merged}" if merged else "")
             + f" FROM motes_inc i LEFT JOIN {m.table}_all d"
-            + " ON d.series = i.series AND d.time = i.time"
+            + " ON d.series = i.series AND d.t_s = i.t_s AND d.time = i.t_s * 1000000000 + i.t_ns"
         )
         for table in (m.table, f"{m.table}_hot"):
             self._db.execute(
                 f"DELETE FROM {table} USING motes_inc i "
-                f"WHERE {table}.series = i.series AND {table}.time = i.time"
+                f"WHERE {table}.series = i.series AND {table}.t_s = i.t_s "
+                f"AND {table}.t_ns = i.t_ns"
             )
         col_list = ", ".join(cols)
         self._db.execute(
@@ -287,14 +303,17 @@ class DuckDBStore:
         try:
             self._db.execute("BEGIN")
             self._db.execute(
-                f"INSERT INTO {table} BY NAME SELECT * FROM {table}_hot ORDER BY series, time"
+                f"INSERT INTO {table} BY NAME SELECT * FROM {table}_hot ORDER BY series, t_s, t_ns"
             )
-            self._db.execute(f"DELETE FROM {table}_hot")
+            # drop and recreate rather than DELETE, so the hot table's blocks are freed at once
+            self._db.execute(f"DROP TABLE {table}_hot")
+            self._db.execute(f"CREATE TABLE {table}_hot AS SELECT * FROM {table} LIMIT 0")
             self._db.execute("COMMIT")
         except duckdb.Error as exc:
             self._db.execute("ROLLBACK")
             raise StoreUnavailable(f"compaction failed: {exc}") from exc
         self._hot_rows[table] = 0
+        self._db.execute("CHECKPOINT")
 
     def checkpoint(self) -> None:
         self._db.execute("CHECKPOINT")
@@ -318,7 +337,7 @@ class DuckDBStore:
         for m in self.catalog.bucket_tables(bucket):
             for table in (m.table, f"{m.table}_hot"):
                 row = self._db.execute(
-                    f"DELETE FROM {table} WHERE time < ? RETURNING 1", [cutoff_ns]
+                    f"DELETE FROM {table} WHERE {TIME} < ? RETURNING 1", [cutoff_ns]
                 ).fetchall()
                 removed += len(row)
         return removed
@@ -329,6 +348,7 @@ class DuckDBStore:
         cur: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
         if cur is None:
             cur = self._db.cursor()
+            cur.execute("USE motes")
             self._local.cursor = cur
         return cur
 

@@ -47,7 +47,8 @@ class Reader:
             return []
         group_by = agg.group_by if agg is not None else None
         groups, gid_of = _groups(series, group_by)
-        where = "time >= $start AND time < $stop"
+        # the seconds column carries the zone maps; the exact ns bounds follow
+        where = "t_s >= $start_s AND t_s <= $stop_s AND time >= $start AND time < $stop"
         if sel.tags:
             where += f" AND series IN ({','.join(str(s.id) for s in series)})"
         raw = agg is None or not agg.fn
@@ -61,7 +62,15 @@ class Reader:
             join = " JOIN motes_groups g USING (series)"
         try:
             sql = _sql(m, fields, agg, where, gid_expr, join, limit)
-            table = cur.sql(sql, params={"start": sel.start, "stop": sel.stop}).to_arrow_table()
+            table = cur.sql(
+                sql,
+                params={
+                    "start": sel.start,
+                    "stop": sel.stop,
+                    "start_s": sel.start // 1_000_000_000,
+                    "stop_s": (sel.stop - 1) // 1_000_000_000,
+                },
+            ).to_arrow_table()
             table = table.rename_columns(["gid", "time", *(f.name for f in fields)])
         finally:
             if group_by is not None:

@@ -31,15 +31,23 @@ class TableBatch:
     def table(self, columns: list[str]) -> pa.Table:
         """The batch with exactly ``columns`` (absent fields as nulls), in that order."""
         types = {f.column: ARROW_TYPES[f.type] for f in self.measurement.fields.values()}
+        seconds = np.floor_divide(self.time, NS)
+        split = {
+            "t_s": pa.array(seconds),
+            "t_ns": pa.array((self.time - seconds * NS).astype(np.int32)),
+        }
         arrays = []
         for col in columns:
-            if col in self.data.column_names:
+            if col in split:
+                arrays.append(split[col])
+            elif col in self.data.column_names:
                 arrays.append(self.data.column(col))
             else:
                 arrays.append(pa.nulls(len(self.data), types[col]))
         return pa.Table.from_arrays(arrays, names=columns)
 
 
+NS = 1_000_000_000
 CreateMeasurement = Callable[[str, str], MeasurementInfo]
 AddField = Callable[[MeasurementInfo, str, FieldType], None]
 AddSeries = Callable[[MeasurementInfo, list[str]], None]
