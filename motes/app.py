@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from motes import __version__
-from motes.http import JSONResponse, error_response
+from motes.http import HANDLED, JSONResponse, error_response
 from motes.registry import api as registry_api
 from motes.registry.service import Registry
 from motes.settings import Settings
@@ -67,7 +67,12 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={Exception: error_response, 404: _not_found, 405: _not_allowed},
+        exception_handlers={
+            **dict.fromkeys(HANDLED, error_response),
+            Exception: error_response,
+            404: _not_found,
+            405: _not_allowed,
+        },
     )
     app.state.settings = settings
     return app

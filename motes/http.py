@@ -87,6 +87,10 @@ STATUS: list[tuple[type[Exception], int, str]] = [
 ]
 
 
+#: exception bases answered as 4xx/503 without being treated as server errors
+HANDLED: tuple[type[Exception], ...] = (TelemetryError, RegistryError, BodyTooLarge, BadRequest)
+
+
 def error_response(request: Request, exc: Exception) -> Response:
     """The one place exceptions become HTTP statuses."""
     match = next(((s, c) for kind, s, c in STATUS if isinstance(exc, kind)), None)

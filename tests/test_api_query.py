@@ -100,7 +100,7 @@ def test_latest_and_fleet(loaded: TestClient) -> None:
             "fn": "sum",
         },
     )
-    assert r.json()["fields"]["hum"]["value"] == 2.0
+    assert r.json()["fields"]["hum"]["value"] == -38.0  # 100 - 119, twice
     assert r.json()["fields"]["hum"]["series"] == 2
 
 

@@ -119,8 +119,16 @@ def _csv(measurement: str, tables: Tables, epoch: str | None) -> str:
         for r, t in enumerate(cols["time"]):
             values = [cols[f][r] if f in cols else None for f in fields]
             row = [i, measurement, *(tags.get(k, "") for k in tag_keys), format_time(t, epoch)]
-            writer.writerow(row + ["" if v is None else v for v in values])
+            writer.writerow(row + [_csv_value(v) for v in values])
     return out.getvalue()
+
+
+def _csv_value(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
 
 
 async def device_fetch(request: Request) -> Response:

@@ -15,22 +15,39 @@ dictionary in order of first appearance, field columns sorted by name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import calendar
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from motes.telemetry.models import ARROW_TYPES, FIELD_TYPES, Frame, PointError
+from motes.telemetry.models import (
+    ARROW_TYPES,
+    FIELD_TYPES,
+    PRECISION_NS,
+    Decoded,
+    DecodeError,
+    Frame,
+    PointError,
+)
 
 Ints = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
+
+
+class Reject(Exception):
+    """One point (line, record) is rejected with this message; the others go on."""
+
 
 # Kind codes index FIELD_TYPES, so a column's Arrow type is ARROW_TYPES[FIELD_TYPES[kind]].
 FLOAT, INTEGER, UNSIGNED, BOOLEAN, STRING = range(5)
 KIND_TYPES = [ARROW_TYPES[name] for name in FIELD_TYPES]
 TAGSET_TYPE = pa.dictionary(pa.int32(), pa.string())
+MAX_CELLS_PER_POINT, MIN_CELLS_LIMIT = 16, 1 << 22
 
 
 @dataclass
@@ -136,7 +153,7 @@ def concat(parts: Sequence[Points]) -> Points:
         cols["row"].append(p.row + rows)
         cols["slot"].append(p.slot + slots[p.kind])
         rows += len(p.line)
-        slots = slots + [len(v) for v in p.values]
+        slots += np.array([len(v) for v in p.values], np.int64)
     merged = Points(
         np.concatenate([p.line for p in parts]), np.concatenate(cols["series"]), list(series),
         np.concatenate([p.time for p in parts]), np.concatenate([p.has_time for p in parts]),
@@ -160,6 +177,45 @@ def _sort_rows(p: Points) -> Points:
     )  # fmt: skip
 
 
+# -- times ----------------------------------------------------------------------------------
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
+)
+
+
+def precision_factor(precision: str) -> int:
+    """Nanoseconds per timestamp unit: ``precision_factor("ms") == 1_000_000``."""
+    try:
+        return PRECISION_NS[precision]
+    except KeyError:
+        raise DecodeError(f'unknown precision "{precision}" (use ns, us, ms or s)') from None
+
+
+def scale_time(stamp: int, factor: int) -> int | None:
+    """``stamp * factor`` if it fits int64 nanoseconds, else None."""
+    ns = stamp * factor
+    return ns if INT64_MIN <= ns <= INT64_MAX else None
+
+
+def parse_rfc3339(text: str) -> int | None:
+    """``"2023-11-14T22:13:20.5Z"`` -> ns since the epoch (None if not RFC 3339)."""
+    match = _RFC3339.fullmatch(text)
+    if not match:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, zulu, sign, off_h, off_m = match.groups()[6:]
+    try:
+        moment = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=UTC)
+    except ValueError:
+        return None
+    offset = 0 if zulu else (int(off_h) * 60 + int(off_m)) * (1 if sign == "+" else -1)
+    seconds = calendar.timegm(moment.timetuple()) + (second == 60) - offset * 60
+    return scale_time(seconds * 10**9 + int((fraction or "0").ljust(9, "0")), 1)
+
+
 # -- type conflicts ---------------------------------------------------------------------------
 
 
@@ -169,6 +225,9 @@ def conflict_message(key: str, expected: int, found: int) -> str:
         f'field type conflict within batch: "{key}" is {FIELD_TYPES[expected]}'
         f" and {FIELD_TYPES[found]}"
     )
+
+
+Rule = Callable[["Points", "Groups"], tuple["Points", list[PointError]]]
 
 
 @dataclass
@@ -227,6 +286,71 @@ def first_kind_wins(p: Points, groups: Groups) -> tuple[Points, list[PointError]
     return reject_conflicts(p, groups.order[wrong], expected[wrong])
 
 
+def majority_kind_wins(p: Points, groups: Groups) -> tuple[Points, list[PointError]]:
+    """JSON-family rule: integers join a float field (JSON writers print 75 for 75.0);
+    otherwise the type most values of a field have wins (ties: the first seen)."""
+    p = _promote_integers(p, groups)
+    kinds = p.kind[groups.order]
+    first = np.repeat(kinds[groups.starts], groups.ends - groups.starts)
+    wrong, expected = [], []
+    for g in _groups_with(kinds != first, groups).tolist():
+        recs = groups.order[groups.starts[g] : groups.ends[g]]
+        counts = np.bincount(p.kind[recs], minlength=len(KIND_TYPES))
+        seen = list(dict.fromkeys(p.kind[recs].tolist()))  # kinds in order of appearance
+        winner = max(seen, key=lambda k: (counts[k], -seen.index(k)))
+        bad = recs[p.kind[recs] != winner]
+        wrong.append(bad)
+        expected.append(np.full(len(bad), winner, np.int64))
+    if not wrong:
+        return p, []
+    return reject_conflicts(p, np.concatenate(wrong), np.concatenate(expected))
+
+
+def _groups_with(mask: Bools, groups: Groups) -> Ints:
+    """Groups holding at least one record marked in ``mask`` (given in group order)."""
+    if not len(mask):
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.add.reduceat(mask, groups.starts) > 0)
+
+
+def _promote_integers(p: Points, groups: Groups) -> Points:
+    kinds = p.kind[groups.order]
+    both = np.intersect1d(
+        _groups_with(kinds == FLOAT, groups), _groups_with(kinds == INTEGER, groups)
+    )
+    if not len(both):
+        return p
+    recs = np.concatenate([groups.order[groups.starts[g] : groups.ends[g]] for g in both])
+    recs = recs[p.kind[recs] == INTEGER]
+    # Unsafe cast: rounding 2**53 + 1 to the nearest float is what promotion means.
+    floats = p.values[INTEGER].take(pa.array(p.slot[recs])).cast(pa.float64(), safe=False)
+    kind, slot, values = p.kind.copy(), p.slot.copy(), list(p.values)
+    kind[recs] = FLOAT
+    slot[recs] = len(values[FLOAT]) + np.arange(len(recs))
+    values[FLOAT] = pa.concat_arrays([values[FLOAT], floats])
+    return Points(p.line, p.series, p.series_names, p.time, p.has_time, p.row, p.key, p.keys,
+                  p.pos, kind, slot, values)  # fmt: skip
+
+
+def assemble(
+    points: Points, errors: list[PointError], rule: Rule, *, coerce_numbers: bool = False
+) -> Decoded:
+    """Every codec ends here: apply its type ``rule``, build frames, merge the errors.
+
+    ``coerce_numbers`` marks JSON-family frames, whose integers may later join an existing
+    float field (see :class:`Frame`).
+    """
+    groups = field_groups(points)
+    points, conflicts = rule(points, groups)
+    if conflicts:
+        groups = field_groups(points)
+        errors = sorted([*errors, *conflicts], key=lambda e: e.line or 0)
+    frames = to_frames(points, groups)
+    for frame in frames:
+        frame.coerce_numbers = coerce_numbers
+    return Decoded(frames=frames, errors=errors)
+
+
 # -- frames -----------------------------------------------------------------------------------
 
 
@@ -244,8 +368,10 @@ def to_frames(p: Points, groups: Groups | None = None) -> list[Frame]:
         frame_row[rows_by_meas[bounds[m] : bounds[m + 1]]] = np.arange(bounds[m + 1] - bounds[m])
     # Groups are sorted by measurement, so each measurement's groups are a slice.
     group_bounds = np.searchsorted(groups.measurement, np.arange(len(ids) + 1))
+    _check_density(int(np.diff(bounds) @ np.diff(group_bounds)), len(p.row))
     frames = []
-    for m in np.argsort(np.unique(meas, return_index=True)[1]).tolist():
+    present, first_rows = np.unique(meas, return_index=True)
+    for m in present[np.argsort(first_rows)].tolist():
         rows = rows_by_meas[bounds[m] : bounds[m + 1]]
         fields = {}
         for g in range(group_bounds[m], group_bounds[m + 1]):
@@ -254,6 +380,16 @@ def to_frames(p: Points, groups: Groups | None = None) -> list[Frame]:
             fields[name] = _column(p, recs, frame_row, len(rows))
         frames.append(_frame(p, groups.measurements[m], rows, dict(sorted(fields.items()))))
     return frames
+
+
+def _check_density(cells: int, points: int) -> None:
+    # Columns are dense: a body where every point has its own field names would need
+    # rows x fields cells, quadratic in its size. Refuse it rather than exhaust memory.
+    if cells > max(MAX_CELLS_PER_POINT * points, MIN_CELLS_LIMIT):
+        raise DecodeError(
+            f"too sparse: {points} field values under {cells // max(points, 1)}x as many"
+            " row/field slots; send points with different field names in separate bodies"
+        )
 
 
 def _column(p: Points, recs: Ints, frame_row: Ints, size: int) -> pa.Array:

@@ -32,6 +32,7 @@ return identical results for any input (tested by a differential property test).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 
@@ -41,112 +42,94 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from motes.telemetry.codecs import columns as col
-from motes.telemetry.models import (
-    DEVICE_TAG,
-    PRECISION_NS,
-    Decoded,
-    DecodeError,
-    PointError,
-    format_tagset,
-)
+from motes.telemetry.codecs.columns import INT64_MAX, INT64_MIN, Reject
+from motes.telemetry.models import DEVICE_TAG, Decoded, PointError, format_tagset
 
-__all__ = ["decode", "decode_reference", "parse_series_key", "precision_factor"]
+__all__ = ["FAST_PATH_MIN_BYTES", "decode", "decode_reference", "parse_line", "parse_series_key"]
 
-# Below this many lines the fixed cost of the Arrow calls outweighs their speed.
-FAST_PATH_MIN_LINES = 32
-INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+# Below this size (~30 lines) the fixed cost of the Arrow calls outweighs their speed.
+FAST_PATH_MIN_BYTES = 2048
+UINT64_MAX = 2**64 - 1
 
-Line = tuple[str, str, int | None, dict[str, tuple[int, object]]]
+Fields = dict[str, tuple[int, object]]
+Line = tuple[str, str, int | None, Fields]
 
 
 def decode(body: bytes, precision: str = "ns", *, device: str | None = None) -> Decoded:
     """Decode a line-protocol body; bad lines become ``Decoded.errors``."""
-    factor = precision_factor(precision)
+    factor = col.precision_factor(precision)
+    if len(body) < FAST_PATH_MIN_BYTES:
+        return decode_reference(body, precision, device=device)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return decode_reference(body, precision, device=device)  # rare: a broken client
-    if text.count("\n") < FAST_PATH_MIN_LINES:
-        return decode_reference(body, precision, device=device)
     return _decode_fast(text, factor, device)
 
 
 def decode_reference(body: bytes, precision: str = "ns", *, device: str | None = None) -> Decoded:
     """Decode line by line in Python: the specification :func:`decode` must match."""
-    factor = precision_factor(precision)
-    lines = enumerate(body.split(b"\n"), 1)
-    points, errors = _reference_points(lines, factor, device)
+    factor = col.precision_factor(precision)
+    points, errors = _reference_points(enumerate(body.split(b"\n"), 1), factor, device)
     return _assemble([points], errors)
 
 
-def precision_factor(precision: str) -> int:
-    """Nanoseconds per timestamp unit: ``precision_factor("ms") == 1_000_000``."""
-    try:
-        return PRECISION_NS[precision]
-    except KeyError:
-        raise DecodeError(f'unknown precision "{precision}" (use ns, us, ms or s)') from None
-
-
 def _assemble(parts: list[col.Points], errors: list[PointError]) -> Decoded:
-    points = col.concat(parts)
-    groups = col.field_groups(points)
-    points, conflicts = col.first_kind_wins(points, groups)
-    if conflicts:
-        groups = col.field_groups(points)
-        errors = sorted([*errors, *conflicts], key=lambda e: e.line or 0)
-    return Decoded(frames=col.to_frames(points, groups), errors=errors)
+    """Both paths end here, so they cannot differ in how they build frames."""
+    return col.assemble(col.concat(parts), errors, col.first_kind_wins)
 
 
 # -- series keys (shared by both paths) -------------------------------------------------------
 
 _KEY_ESCAPE = re.compile(r"\\([,= \\])")
 _SERIES_CACHE: dict[tuple[str, str | None], tuple[str, str] | str] = {}
-_SERIES_CACHE_SIZE = 100_000
+_SERIES_CACHE_SIZE, _CACHED_KEY_LENGTH = 100_000, 512  # at most ~50 MB
 
 
-def parse_series_key(key: str, device: str | None = None) -> tuple[str, str] | str:
-    """``"m,b=2,a=1"`` -> ``("m", "a=1,b=2")`` (measurement, canonical tag set), or an error.
+def parse_series_key(key: str, device: str | None = None) -> tuple[str, str]:
+    """``"m,b=2,a=1"`` -> ``("m", "a=1,b=2")``: measurement and canonical tag set.
 
-    Results are cached: a body names the same few series on every line.
+    Raises :class:`Reject` for a bad key. Results are cached: a body names the same few
+    series on every line.
     """
     cache_key = (key, device)
     found = _SERIES_CACHE.get(cache_key)
     if found is None:
-        if len(_SERIES_CACHE) >= _SERIES_CACHE_SIZE:
-            _SERIES_CACHE.clear()
-        found = _SERIES_CACHE[cache_key] = _parse_series_key(key, device)
+        try:
+            found = _parse_series_key(key, device)
+        except Reject as exc:
+            found = str(exc)
+        if len(key) <= _CACHED_KEY_LENGTH:
+            if len(_SERIES_CACHE) >= _SERIES_CACHE_SIZE:
+                _SERIES_CACHE.clear()
+            _SERIES_CACHE[cache_key] = found
+    if isinstance(found, str):
+        raise Reject(found)
     return found
 
 
-def _parse_series_key(key: str, device: str | None) -> tuple[str, str] | str:
+def _parse_series_key(key: str, device: str | None) -> tuple[str, str]:
     measurement, *pairs = _split_unescaped(key, ",")
     if not measurement:
-        return "missing measurement"
+        raise Reject("missing measurement")
     tags: dict[str, str] = {}
     for pair in pairs:
         parts = _split_unescaped(pair, "=")
         if len(parts) != 2:
-            return f'invalid tag "{pair}" (expected key=value)'
+            raise Reject(f'invalid tag "{pair}" (expected key=value)')
         name, value = _unescape(parts[0]), _unescape(parts[1])
-        problem = _tag_problem(name, value, tags)
-        if problem:
-            return problem
+        if not name:
+            raise Reject("missing tag key")
+        if name.startswith("_"):
+            raise Reject(f'tag key "{name}" is reserved (starts with "_")')
+        if not value:
+            raise Reject(f'missing value for tag "{name}"')
+        if name in tags:
+            raise Reject(f'duplicate tag "{name}"')
         tags[name] = value
     if device is not None and tags.setdefault(DEVICE_TAG, device) != device:
-        return f'tag {DEVICE_TAG}="{tags[DEVICE_TAG]}" does not match device "{device}"'
+        raise Reject(f'tag {DEVICE_TAG}="{tags[DEVICE_TAG]}" does not match device "{device}"')
     return _unescape(measurement), format_tagset(tags)
-
-
-def _tag_problem(name: str, value: str, seen: dict[str, str]) -> str | None:
-    if not name:
-        return "missing tag key"
-    if name.startswith("_"):
-        return f'tag key "{name}" is reserved (starts with "_")'
-    if not value:
-        return f'missing value for tag "{name}"'
-    if name in seen:
-        return f'duplicate tag "{name}"'
-    return None
 
 
 def _split_unescaped(text: str, sep: str) -> list[str]:
@@ -170,16 +153,20 @@ def _unescape(text: str) -> str:
 
 
 # -- reference parser ------------------------------------------------------------------------
+# Each pattern consumes up to the next unescaped separator; a backslash always takes the
+# character after it (as InfluxDB scans), even when the pair is not a known escape.
 
 _SERIES = re.compile(r"(?:[^ \\]|\\.)*\\?", re.S)
 _FIELD_KEY = re.compile(r"(?:[^ ,=\\]|\\.)*\\?", re.S)
 _BARE_VALUE = re.compile(r"(?:[^ ,\\]|\\.)*\\?", re.S)
 _STRING_VALUE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
 _STRING_ESCAPE = re.compile(r'\\(["\\])')
-_FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Unambiguous on purpose: no two ways to match a digit run, so no quadratic backtracking.
+_FLOAT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _INTEGER = re.compile(r"-?[0-9]+")
-_BOOLEANS = {"t": True, "T": True, "true": True, "True": True, "TRUE": True,
-             "f": False, "F": False, "false": False, "False": False, "FALSE": False}  # fmt: skip
+_BOOLEANS = dict.fromkeys(("t", "T", "true", "True", "TRUE"), True) | dict.fromkeys(
+    ("f", "F", "false", "False", "FALSE"), False
+)
 
 
 def _reference_points(
@@ -189,126 +176,114 @@ def _reference_points(
     errors = []
     for number, raw in lines:
         try:
-            text = raw if isinstance(raw, str) else raw.decode("utf-8")
-        except UnicodeDecodeError:
-            errors.append(PointError(number, "invalid UTF-8"))
+            line = parse_line(raw, factor, device)
+        except Reject as exc:
+            errors.append(PointError(number, str(exc)))
             continue
-        parsed = parse_line(text, factor, device)
-        if isinstance(parsed, str):
-            errors.append(PointError(number, parsed))
-        elif parsed is not None:
-            builder.add(number, *parsed)
+        if line is not None:
+            builder.add(number, *line)
     return builder.build(), errors
 
 
-def parse_line(text: str, factor: int = 1, device: str | None = None) -> Line | str | None:
-    """One line -> (measurement, tag set, time ns, fields), an error message, or None
-    for a blank or comment line."""
+def parse_line(raw: str | bytes, factor: int = 1, device: str | None = None) -> Line | None:
+    """One line -> (measurement, tag set, time ns, fields); None for a blank or comment
+    line; :class:`Reject` naming the problem for a bad one."""
+    try:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Reject("invalid UTF-8") from None
     text = text.removesuffix("\r")
     start = len(text) - len(text.lstrip(" \t"))
     if start == len(text) or text[start] == "#":
         return None
-    match = _SERIES.match(text, start)
-    series = parse_series_key(match.group(), device)  # type: ignore[union-attr]
-    if isinstance(series, str):
-        return series
-    i = _skip_spaces(text, match.end())  # type: ignore[union-attr]
+    key = _match(_SERIES, text, start)
+    measurement, tagset = parse_series_key(key, device)
+    i = len(text) - len(text[start + len(key) :].lstrip(" "))
     if i == len(text):
-        return "missing field set"
-    fields = _parse_fields(text, i)
-    if isinstance(fields, str):
-        return fields
-    time = _parse_time(text[fields[1] :].strip(" "), factor)
-    if isinstance(time, str):
-        return time
-    return series[0], series[1], time, fields[0]
+        raise Reject("missing field set")
+    fields, i = _parse_fields(text, i)
+    return measurement, tagset, _parse_time(text[i:].strip(" "), factor), fields
 
 
-def _skip_spaces(text: str, i: int) -> int:
-    return len(text) - len(text[i:].lstrip(" "))
+def _match(pattern: re.Pattern[str], text: str, start: int) -> str:
+    return pattern.match(text, start).group()  # type: ignore[union-attr]  # always matches
 
 
-def _parse_fields(text: str, i: int) -> tuple[dict[str, tuple[int, object]], int] | str:
-    fields: dict[str, tuple[int, object]] = {}
+def _parse_fields(text: str, i: int) -> tuple[Fields, int]:
+    """The field set starting at ``i``, and where it ends."""
+    fields: Fields = {}
     while True:
-        key_match = _FIELD_KEY.match(text, i)
-        raw_key, i = key_match.group(), key_match.end()  # type: ignore[union-attr]
-        key = _unescape(raw_key)
+        raw_key = _match(_FIELD_KEY, text, i)
+        key, i = _unescape(raw_key), i + len(raw_key)
         if not key:
-            return "missing field key"
+            raise Reject("missing field key")
         if i == len(text) or text[i] != "=":
-            return f'missing "=" after field key "{key}"'
+            raise Reject(f'missing "=" after field key "{key}"')
         if key.startswith("_"):
-            return f'field key "{key}" is reserved (starts with "_")'
-        value = _parse_value(text, i + 1, key)
-        if isinstance(value, str):
-            return value
+            raise Reject(f'field key "{key}" is reserved (starts with "_")')
+        value, i = _parse_value(text, i + 1, key)
         fields.pop(key, None)  # the last duplicate wins, in its own position
-        fields[key], i = value[0], value[1]
+        fields[key] = value
         if i == len(text) or text[i] == " ":
             return fields, i
-        i += 1  # a comma
+        i += 1  # past a comma
 
 
-def _parse_value(text: str, i: int, key: str) -> tuple[tuple[int, object], int] | str:
+def _parse_value(text: str, i: int, key: str) -> tuple[tuple[int, object], int]:
     if text.startswith('"', i):
         match = _STRING_VALUE.match(text, i)
         if not match:
-            return f'unterminated string value for field "{key}"'
-        end = match.end()
-        if end < len(text) and text[end] not in " ,":
-            return f'unexpected text after string value for field "{key}"'
-        return (col.STRING, _STRING_ESCAPE.sub(r"\1", match.group(1))), end
-    match = _BARE_VALUE.match(text, i)
-    raw = match.group()  # type: ignore[union-attr]
+            raise Reject(f'unterminated string value for field "{key}"')
+        if match.end() < len(text) and text[match.end()] not in " ,":
+            raise Reject(f'unexpected text after string value for field "{key}"')
+        return (col.STRING, _STRING_ESCAPE.sub(r"\1", match.group(1))), match.end()
+    raw = _match(_BARE_VALUE, text, i)
     if not raw:
-        return f'missing value for field "{key}"'
-    value = _bare_value(raw, key)
-    return value if isinstance(value, str) else (value, match.end())  # type: ignore[union-attr]
+        raise Reject(f'missing value for field "{key}"')
+    return _bare_value(raw, key), i + len(raw)
 
 
-def _bare_value(raw: str, key: str) -> tuple[int, object] | str:
+def _bare_value(raw: str, key: str) -> tuple[int, object]:
     last = raw[-1]
     if last == "i" and _INTEGER.fullmatch(raw, 0, len(raw) - 1):
-        return _ranged(col.INTEGER, raw[:-1], INT64_MIN, INT64_MAX, raw, key)
+        return col.INTEGER, _ranged(raw, INT64_MIN, INT64_MAX, f'integer value "{raw}"', key)
     if last == "u" and _INTEGER.fullmatch(raw, 0, len(raw) - 1) and raw[0] != "-":
-        return _ranged(col.UNSIGNED, raw[:-1], 0, UINT64_MAX, raw, key)
+        return col.UNSIGNED, _ranged(raw, 0, UINT64_MAX, f'unsigned value "{raw}"', key)
     if raw in _BOOLEANS:
         return col.BOOLEAN, _BOOLEANS[raw]
     if _FLOAT.fullmatch(raw):
         number = float(raw)
         if number in (float("inf"), float("-inf")):
-            return f'float value "{raw}" for field "{key}" is out of range'
+            raise Reject(f'float value "{raw}" for field "{key}" is out of range')
         return col.FLOAT, number
-    return f'invalid field value "{raw}" for field "{key}"'
+    raise Reject(f'invalid field value "{raw}" for field "{key}"')
 
 
-def _ranged(
-    kind: int, digits: str, low: int, high: int, raw: str, key: str
-) -> tuple[int, object] | str:
-    number = _bounded_int(digits)
+def _ranged(raw: str, low: int, high: int, what: str, key: str) -> int:
+    number = _small_int(raw[:-1])
     if number is None or not low <= number <= high:
-        name = "integer" if kind == col.INTEGER else "unsigned"
-        return f'{name} value "{raw}" for field "{key}" is out of range'
-    return kind, number
+        raise Reject(f'{what} for field "{key}" is out of range')
+    return number
 
 
-def _bounded_int(digits: str) -> int | None:
-    """int() of ASCII digits, or None when too long to matter (int() caps at 4300 digits)."""
+def _small_int(digits: str) -> int | None:
+    """int() of optionally signed ASCII digits; None if too long to be in any range
+    (int() refuses more than 4300 digits, and would be slow before that)."""
     sign = -1 if digits.startswith("-") else 1
     digits = digits.lstrip("-").lstrip("0") or "0"
     return sign * int(digits) if len(digits) <= 40 else None
 
 
-def _parse_time(text: str, factor: int) -> int | str | None:
+def _parse_time(text: str, factor: int) -> int | None:
     if not text:
         return None
     if not _INTEGER.fullmatch(text):
-        return f'invalid timestamp "{text}"'
-    stamp = _bounded_int(text)
-    if stamp is None or not INT64_MIN <= stamp * factor <= INT64_MAX:
-        return f'timestamp "{text}" is out of range'
-    return stamp * factor
+        raise Reject(f'invalid timestamp "{text}"')
+    stamp = _small_int(text)
+    time = None if stamp is None else col.scale_time(stamp, factor)
+    if time is None:
+        raise Reject(f'timestamp "{text}" is out of range')
+    return time
 
 
 # -- fast path --------------------------------------------------------------------------------
@@ -332,12 +307,12 @@ Bools = npt.NDArray[np.bool_]
 
 
 def _decode_fast(text: str, factor: int, device: str | None) -> Decoded:
-    lines = pc.split_pattern(pa.array([text]), "\n").flatten()
+    lines = stripped = pc.split_pattern(pa.array([text]), "\n").flatten()
     if "\r" in text:
-        lines = pc.replace_substring_regex(lines, "\r$", "", max_replacements=1)
-    simple = pc.match_substring_regex(lines, _SIMPLE_LINE).to_numpy(zero_copy_only=False)
+        stripped = pc.replace_substring_regex(lines, "\r$", "", max_replacements=1)
+    simple = pc.match_substring_regex(stripped, _SIMPLE_LINE).to_numpy(zero_copy_only=False)
     numbers = np.flatnonzero(simple) + 1
-    simple_lines = lines.filter(pa.array(simple))
+    simple_lines = stripped.filter(pa.array(simple))
     points, fallback = _fast_points(simple_lines, numbers, factor, device)
     if fallback.any():
         points = points.take_rows(~fallback)
@@ -381,9 +356,8 @@ def _series(
     names: dict[tuple[str, str], int] = {}
     ids = np.full(len(encoded.dictionary), -1, np.int64)
     for i, key in enumerate(encoded.dictionary.to_pylist()):
-        parsed = parse_series_key(key, device)
-        if not isinstance(parsed, str):
-            ids[i] = names.setdefault(parsed, len(names))
+        with contextlib.suppress(Reject):  # bad keys stay -1: the reference parser says why
+            ids[i] = names.setdefault(parse_series_key(key, device), len(names))
     series = ids[encoded.indices.to_numpy()]
     fallback |= series < 0
     return np.maximum(series, 0), list(names)
@@ -400,7 +374,7 @@ def _times(stamps: pa.StringArray, factor: int, has_time: Bools, fallback: Bools
     short = (lengths - negative <= 18) | ((lengths == 19) & ~negative & below_max)
     safe = pc.if_else(pa.array(short), stamps, "0")
     values = pc.cast(safe, pa.int64()).to_numpy()
-    limit = (2**63 - 1) // factor
+    limit = INT64_MAX // factor
     ok = short & (values <= limit) & (values >= -limit)
     where = np.flatnonzero(has_time)
     fallback[where[~ok]] = True

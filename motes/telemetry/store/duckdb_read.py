@@ -134,7 +134,7 @@ def _sql(
         )
     every = int(agg.every)
     window = f"time - (((time % {every}) + {every}) % {every})"
-    aggs = ", ".join(AGGREGATES[agg.fn].format(c=f.column) for f in fields)
+    aggs = ", ".join(_aggregate(agg.fn, f) for f in fields)
     inner = (
         f"SELECT {gid} AS gid, {window} AS w, time AS t, {cols} "
         f"FROM {m.table}_all{join} WHERE {where}"
@@ -143,6 +143,14 @@ def _sql(
         f"SELECT gid, w AS time, {aggs} FROM ({inner}) GROUP BY gid, w"
         f"{qualify.replace('ORDER BY time', 'ORDER BY w')} ORDER BY gid, time"
     )
+
+
+def _aggregate(fn: str, f: FieldInfo) -> str:
+    expr = AGGREGATES[fn].format(c=f.column)
+    if fn == "sum" and f.type in ("integer", "unsigned"):
+        # DuckDB sums integers as HUGEINT; keep the field's type (null if it overflows)
+        return f"try_cast({expr} AS {'BIGINT' if f.type == 'integer' else 'UBIGINT'})"
+    return expr
 
 
 def _split(table: pa.Table, groups: dict[int, dict[str, str]]) -> Result:
