@@ -1,15 +1,20 @@
 """Decode throughput of the ingest codecs, single-threaded, in points (field values) per second.
 
-Run: ``python bench/codec_speed.py [--repeat 20]``. Bodies are built in memory; each figure
-is the best of ``--repeat`` runs (the machine's other load only ever slows a run down).
+Run: ``python bench/codec_speed.py [--repeat 20]``. Bodies are built in memory; each figure is
+the best of ``--repeat`` runs (the machine's other load only ever slows a run down).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: the package, not bench/motes.py, is motes
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgpack
 import orjson
@@ -56,7 +61,7 @@ def seed_000_rows(rows: int = 1000) -> list[dict[str, object]]:
             "motion": rnd.random() < 0.2,
             "temperature": round(rnd.uniform(70, 90), 1),
             "timestamp": 1582046738255 + i * 10_000,
-        }  # fmt: skip
+        }
         for i in range(rows)
     ]
 

@@ -8,11 +8,21 @@ process exits 0 with every acknowledged point on disk.
 from __future__ import annotations
 
 import logging
+from types import FrameType
 
 import uvicorn
 
 from motes.app import create_app
 from motes.settings import Settings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown; for us that shutdown, with
+    every queued write flushed, is the normal way out, so the process exits 0."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
 
 def serve(settings: Settings) -> int:
@@ -28,6 +38,6 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=30,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()
     return 0 if server.started else 1

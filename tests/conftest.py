@@ -47,6 +47,7 @@ class ServerProcess:
     data_dir: Path
     proc: subprocess.Popen[bytes]
     port: int
+    log: Path
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.proc.send_signal(sig)
@@ -56,37 +57,28 @@ class ServerProcess:
 def start_server(
     data_dir: Path, port: int | None = None, env: dict[str, str] | None = None
 ) -> ServerProcess:
+    """Start ``motes serve`` and wait for /health; its stderr goes to a log beside the data."""
     port = port or free_port()
     full_env = {**os.environ, "MOTES_INIT_TOKEN": TOKEN, **(env or {})}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "motes.cli.main",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--http-port",
-            str(port),
-        ],
-        env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = data_dir.parent / f"{data_dir.name}-{port}.log"
+    cmd = [sys.executable, "-m", "motes.cli.main", "serve", "--data-dir", str(data_dir)]
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [*cmd, "--http-port", str(port)], env=full_env, stdout=subprocess.DEVNULL, stderr=err
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"motes serve exited: {proc.stderr.read().decode() if proc.stderr else ''}"
-            )
+            raise RuntimeError(f"motes serve exited: {log.read_text()}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return ServerProcess(url, data_dir, proc, port)
+                return ServerProcess(url, data_dir, proc, port, log)
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     proc.kill()
+    proc.wait()
     raise RuntimeError("motes serve did not become healthy in 60 s")
 
 
@@ -96,5 +88,3 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     yield srv
     if srv.proc.poll() is None:
         srv.stop()
-    if srv.proc.stderr:
-        srv.proc.stderr.close()

@@ -64,8 +64,6 @@ def test_acknowledged_points_survive_sigkill(tmp_path: Path) -> None:
         stop.set()
         for th in threads:
             th.join()
-        if srv.proc.stderr:
-            srv.proc.stderr.close()
     srv = start_server(data)
     try:
         for dev, times in acked.items():

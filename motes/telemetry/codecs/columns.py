@@ -255,8 +255,8 @@ def field_groups(p: Points) -> Groups:
     small = composite.astype(np.uint16) if len(names) * nkeys <= 65536 else composite
     order = np.argsort(small, kind="stable")
     ordered = composite[order]
-    starts = np.flatnonzero(np.r_[len(order) > 0, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], len(order)]
+    starts = np.flatnonzero(np.concatenate([[len(order) > 0], ordered[1:] != ordered[:-1]]))
+    ends = np.append(starts[1:], len(order))
     return Groups(order, starts, ends, ordered[starts] // nkeys, list(names))
 
 
@@ -359,27 +359,37 @@ def to_frames(p: Points, groups: Groups | None = None) -> list[Frame]:
     if not len(p.line):
         return []
     groups = groups or field_groups(p)
-    ids = {name: i for i, name in enumerate(groups.measurements)}
-    meas = np.array([ids[m] for m, _ in p.series_names], np.int64)[p.series]
-    rows_by_meas = np.argsort(meas, kind="stable")
-    bounds = np.r_[0, np.cumsum(np.bincount(meas, minlength=len(ids)))]
-    frame_row = np.empty(len(meas), np.int64)  # each row's position in its frame
-    for m in range(len(ids)):
-        frame_row[rows_by_meas[bounds[m] : bounds[m + 1]]] = np.arange(bounds[m + 1] - bounds[m])
+    layout, frame_row = _layout(p, groups.measurements)
     # Groups are sorted by measurement, so each measurement's groups are a slice.
-    group_bounds = np.searchsorted(groups.measurement, np.arange(len(ids) + 1))
-    _check_density(int(np.diff(bounds) @ np.diff(group_bounds)), len(p.row))
+    bounds = np.searchsorted(groups.measurement, np.arange(len(groups.measurements) + 1)).tolist()
+    _check_density(sum(len(rows) * (bounds[m + 1] - bounds[m]) for m, rows in layout), len(p.row))
     frames = []
-    present, first_rows = np.unique(meas, return_index=True)
-    for m in present[np.argsort(first_rows)].tolist():
-        rows = rows_by_meas[bounds[m] : bounds[m + 1]]
+    for m, rows in layout:
         fields = {}
-        for g in range(group_bounds[m], group_bounds[m + 1]):
+        for g in range(bounds[m], bounds[m + 1]):
             recs = groups.order[groups.starts[g] : groups.ends[g]]
-            name = p.keys[p.key[recs[0]]]
-            fields[name] = _column(p, recs, frame_row, len(rows))
+            fields[p.keys[p.key[recs[0]]]] = _column(p, recs, frame_row, len(rows))
         frames.append(_frame(p, groups.measurements[m], rows, dict(sorted(fields.items()))))
     return frames
+
+
+def _layout(p: Points, measurements: list[str]) -> tuple[list[tuple[int, Ints]], Ints]:
+    """Rows of each measurement (in order of first appearance) and each row's frame row."""
+    if len(measurements) == 1:
+        rows = np.arange(len(p.line))
+        return [(0, rows)], rows
+    ids = {name: i for i, name in enumerate(measurements)}
+    meas = np.array([ids[m] for m, _ in p.series_names], np.int64)[p.series]
+    by_meas = np.argsort(meas, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(meas, minlength=len(ids)))])
+    frame_row = np.empty(len(meas), np.int64)
+    layout = []
+    for m in dict.fromkeys(meas[by_meas[bounds[:-1][np.diff(bounds) > 0]]].tolist()):
+        rows = by_meas[bounds[m] : bounds[m + 1]]
+        frame_row[rows] = np.arange(len(rows))
+        layout.append((m, rows))
+    layout.sort(key=lambda item: int(item[1][0]))  # by first row: order of first appearance
+    return layout, frame_row
 
 
 def _check_density(cells: int, points: int) -> None:
@@ -401,19 +411,21 @@ def _column(p: Points, recs: Ints, frame_row: Ints, size: int) -> pa.Array:
 
 
 def _frame(p: Points, measurement: str, rows: Ints, fields: dict[str, pa.Array]) -> Frame:
-    series = p.series[rows]
-    distinct, first, inverse = np.unique(series, return_index=True, return_inverse=True)
-    by_first = np.argsort(first)
-    rank = np.empty_like(by_first)
-    rank[by_first] = np.arange(len(by_first))
-    dictionary = pa.array([p.series_names[s][1] for s in distinct[by_first].tolist()], pa.string())
-    indices = pa.array(rank[inverse].astype(np.int32))
-    time = p.time[rows]
+    if len(p.series_names) == 1:
+        indices = pa.array(np.zeros(len(rows), np.int32))
+        dictionary = pa.array([p.series_names[0][1]], pa.string())
+    else:
+        distinct, first, inverse = np.unique(p.series[rows], return_index=True, return_inverse=True)
+        by_first = np.argsort(first)
+        rank = np.empty_like(by_first)
+        rank[by_first] = np.arange(len(by_first))
+        indices = pa.array(rank[inverse].astype(np.int32))
+        dictionary = pa.array([p.series_names[s][1] for s in distinct[by_first].tolist()])
     has_time = p.has_time[rows]
     return Frame(
         measurement=measurement,
         tagsets=pa.DictionaryArray.from_arrays(indices, dictionary),
-        time=pa.array(time) if has_time.all() else pa.array(time, mask=~has_time),
+        time=pa.array(p.time[rows], mask=None if has_time.all() else ~has_time),
         fields=fields,
         lines=pa.array(p.line[rows].astype(np.int32)),
     )
