@@ -217,3 +217,16 @@ def test_frame_shape_of_typical_body() -> None:
     assert list(frame.fields) == ["co2", "humidity", "light", "pressure", "temperature"]
     assert frame.point_count == 500
     assert frame.time.null_count == 0
+
+
+def test_hostile_lines_stay_linear() -> None:
+    digits = b"1" * 200_000
+    body = b"m f=" + digits + b"x\nm f=" + digits + b"i\nm s=\"" + b"\\\\" * 100_000 + b"\n"
+    decoded = decode_reference(body)  # quadratic backtracking would take minutes here
+    assert [e.line for e in decoded.errors] == [1, 2, 3]
+
+
+def test_too_sparse_body_is_refused() -> None:
+    body = "\n".join(f"m f{i}=1" for i in range(2100)).encode()  # 2100 x 2100 cells
+    with pytest.raises(DecodeError, match="too sparse"):
+        decode(body)

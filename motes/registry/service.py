@@ -73,6 +73,10 @@ class Registry:
         self._token_cache: dict[str, tuple[float, Token]] = {}
         self._attr_cache: dict[tuple[str, str], dict[str, Any]] = {}
         self._schema_cache: dict[tuple[str, str], MeasurementSchema | None] = {}
+        # orgs and buckets are read on every request and change rarely; this process is
+        # the only writer of the registry, so clearing on change keeps the cache exact
+        self._orgs: dict[str, Org] = {}
+        self._buckets: dict[tuple[str, str], Bucket] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -110,18 +114,26 @@ class Registry:
     # -- orgs and buckets -----------------------------------------------------------------
 
     def org_by_name(self, name: str) -> Org:
+        cached = self._orgs.get("name:" + name)
+        if cached is not None:
+            return cached
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(orgs.c.id, orgs.c.name).where(orgs.c.name == name)).first()
         if row is None:
             raise NotFound(f'org "{name}" not found')
-        return Org(id=row.id, name=row.name)
+        org = self._orgs["name:" + name] = Org(id=row.id, name=row.name)
+        return org
 
     def org(self, org_id: str) -> Org:
+        cached = self._orgs.get("id:" + org_id)
+        if cached is not None:
+            return cached
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(orgs.c.id, orgs.c.name).where(orgs.c.id == org_id)).first()
         if row is None:
             raise NotFound(f'org "{org_id}" not found')
-        return Org(id=row.id, name=row.name)
+        org = self._orgs["id:" + org_id] = Org(id=row.id, name=row.name)
+        return org
 
     def create_bucket(self, org_id: str, name: str, retention_seconds: int) -> Bucket:
         check_name("bucket", name)
@@ -156,13 +168,17 @@ class Registry:
         return [Bucket(r.id, r.org_id, r.name, r.retention_seconds) for r in rows]
 
     def bucket_by_name(self, org_id: str, name: str) -> Bucket:
+        cached = self._buckets.get((org_id, name))
+        if cached is not None:
+            return cached
         with self.engine.connect() as conn:
             r = conn.execute(
                 sa.select(buckets).where(buckets.c.org_id == org_id, buckets.c.name == name)
             ).first()
         if r is None:
             raise NotFound(f'bucket "{name}" not found')
-        return Bucket(r.id, r.org_id, r.name, r.retention_seconds)
+        bucket = self._buckets[(org_id, name)] = Bucket(r.id, r.org_id, r.name, r.retention_seconds)
+        return bucket
 
     def delete_bucket(self, bucket: Bucket) -> None:
         with self.engine.begin() as conn:
@@ -171,6 +187,7 @@ class Registry:
             )
             conn.execute(buckets.delete().where(buckets.c.id == bucket.id))
         self._schema_cache.clear()
+        self._buckets.clear()
 
     # -- tokens ---------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+import numpy as np
+
 from motes.telemetry.models import QueryError
 
 _DURATION = re.compile(r"(\d+)(ns|us|µs|ms|s|m|h|d|w)")
@@ -91,6 +93,20 @@ def format_time(ns: int, epoch: str | None) -> str | int:
     if rem:
         stamp += "." + f"{rem:09d}".rstrip("0")
     return stamp + "Z"
+
+
+def format_times(ns: np.ndarray, epoch: str | None) -> list[str] | list[int]:
+    """:func:`format_time` for a whole column at once (one precision for the column)."""
+    if epoch:
+        ints: list[int] = (ns // EPOCHS[epoch]).tolist()
+        return ints
+    unit = "ns"
+    for name, size in (("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)):
+        if not (ns % size).any():
+            unit = name
+            break
+    text = np.datetime_as_string(ns.astype("datetime64[ns]"), unit=unit)
+    return [t + "Z" for t in text.tolist()]
 
 
 def check_epoch(epoch: str | None) -> str | None:

@@ -31,13 +31,14 @@ from motes.telemetry.params import (
     MAX_NS,
     check_epoch,
     format_time,
+    format_times,
     parse_duration_ns,
     parse_tags,
     parse_time,
     positive_int,
 )
 from motes.telemetry.store.duckdb_read import AGGREGATES
-from motes.telemetry.store.protocol import Aggregation, Selection
+from motes.telemetry.store.protocol import NO_TIME, Aggregation, LatestRows, Selection
 
 Tables = list[tuple[dict[str, str], pa.Table]]
 
@@ -163,11 +164,31 @@ def _ms_param(text: str | None, default: int) -> int:
     return int(text)
 
 
+def _latest_json(rows: LatestRows, epoch: str | None) -> list[dict[str, Any]]:
+    """One entry per series: ``{"measurement", "tags", "fields": {f: {"time", "value"}}}``."""
+    columns = []
+    for name, (times, values) in rows.fields.items():
+        held = (times != NO_TIME).tolist()
+        columns.append((name, held, format_times(times, epoch), values.tolist()))
+    out = []
+    for i, info in enumerate(rows.series):
+        fields = {
+            name: {"time": ts[i], "value": vs[i]} for name, held, ts, vs in columns if held[i]
+        }
+        if fields:
+            out.append({"measurement": info.measurement, "tags": info.tags, "fields": fields})
+    return out
+
+
 async def device_record(request: Request) -> Response:
     device = request.path_params["device"]
     org, bucket = await _bucket_for_read(request, request.query_params.get("bucket"))
     registry = request.app.state.registry
-    latest = request.app.state.telemetry.latest(bucket, None, {DEVICE_TAG: [device]})
+    latest = [
+        entry
+        for rows in request.app.state.telemetry.latest(bucket, None, {DEVICE_TAG: [device]})
+        for entry in _latest_json(rows, None)
+    ]
     try:
         record = await run_in_threadpool(registry.device, org.id, device)
     except NotFound:
@@ -176,13 +197,11 @@ async def device_record(request: Request) -> Response:
         record = None
     history = await run_in_threadpool(registry.attribute_history, org.id, device)
     fields: dict[str, Any] = {}
-    for lv in latest:
-        fields[lv.field] = {
-            "time": format_time(lv.time, None),
-            "value": lv.value,
-            "measurement": lv.series.measurement,
-        }
-    last_seen = max([lv.time for lv in latest] + [record.last_seen_ns or 0 if record else 0])
+    for entry in latest:
+        for name, value in entry["fields"].items():
+            fields[name] = {**value, "measurement": entry["measurement"]}
+    times = [v["time"] for v in fields.values()]
+    seen = format_time(record.last_seen_ns, None) if record and record.last_seen_ns else None
     return JSONResponse(
         {
             "device": device,
@@ -190,7 +209,7 @@ async def device_record(request: Request) -> Response:
             "attributes_updated": format_time(record.attributes_updated_ns, None)
             if record and record.attributes_updated_ns
             else None,
-            "last_seen": format_time(last_seen, None) if last_seen else None,
+            "last_seen": max([*times, *([seen] if seen else [])], default=None),
             "latest": fields,
             "attribute_history": [
                 {"time": format_time(h["time_ns"], None), "attributes": h["attributes"]}
@@ -205,19 +224,15 @@ async def latest(request: Request) -> Response:
     params = request.query_params
     epoch = check_epoch(params.get("epoch"))
     wanted = set(params.getlist("field"))
-    values = request.app.state.telemetry.latest(
+    found = request.app.state.telemetry.latest(
         bucket, params.get("measurement"), parse_tags(params.getlist("tag"))
     )
-    series: dict[int, dict[str, Any]] = {}
-    for lv in values:
-        if wanted and lv.field not in wanted:
-            continue
-        entry = series.setdefault(
-            lv.series.id,
-            {"measurement": lv.series.measurement, "tags": lv.series.tags, "fields": {}},
-        )
-        entry["fields"][lv.field] = {"time": format_time(lv.time, epoch), "value": lv.value}
-    return JSONResponse({"series": list(series.values())})
+    series: list[dict[str, Any]] = []
+    for rows in found:
+        if wanted:
+            rows.fields = {n: c for n, c in rows.fields.items() if n in wanted}
+        series.extend(_latest_json(rows, epoch))
+    return JSONResponse({"series": series})
 
 
 async def fleet(request: Request) -> Response:

@@ -7,7 +7,6 @@ decode (codecs) -> authorize (api) -> normalize (here: server time, schemas, ret
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -28,7 +27,8 @@ from motes.telemetry.models import (
 )
 from motes.telemetry.store.protocol import (
     Aggregation,
-    LatestValue,
+    NO_TIME,
+    LatestRows,
     Selection,
     TelemetryStore,
     WriteOutcome,
@@ -147,13 +147,8 @@ class TelemetryService:
 
     def latest(
         self, bucket: Bucket, measurement: str | None, tags: dict[str, list[str]]
-    ) -> list[LatestValue]:
-        if not tags:
-            return self.store.latest(bucket.id, measurement, None)
-        ids: list[int] = []
-        for m in [measurement] if measurement else self.store.measurements(bucket.id):
-            ids.extend(s.id for s in self.store.series(bucket.id, m, tags))
-        return self.store.latest(bucket.id, measurement, ids)
+    ) -> list[LatestRows]:
+        return self.store.latest(bucket.id, measurement, tags)
 
     def fleet(
         self,
@@ -163,22 +158,21 @@ class TelemetryService:
         tags: dict[str, list[str]],
         fn: str,
     ) -> dict[str, dict[str, object]]:
-        """Latest value of every matching series, reduced per field by ``fn``."""
+        """Latest value of every matching series, reduced per numeric field by ``fn``."""
         if fn not in FLEET_FNS:
             raise QueryError(f'fn must be one of {", ".join(FLEET_FNS)}, got "{fn}"')
-        values: dict[str, list[float]] = {}
-        newest: dict[str, int] = {}
-        for lv in self.latest(bucket, measurement, tags):
-            if fields and lv.field not in fields:
-                continue
-            if isinstance(lv.value, bool) or not isinstance(lv.value, int | float):
-                continue
-            values.setdefault(lv.field, []).append(float(lv.value))
-            newest[lv.field] = max(newest.get(lv.field, 0), lv.time)
-        return {
-            name: {"value": _reduce(fn, vals), "series": len(vals), "newest_ns": newest[name]}
-            for name, vals in sorted(values.items())
-        }
+        out: dict[str, dict[str, object]] = {}
+        for rows in self.latest(bucket, measurement, tags):
+            for name, (times, values) in rows.fields.items():
+                if (fields and name not in fields) or values.dtype.kind not in "fiu":
+                    continue
+                held = times != NO_TIME
+                out[name] = {
+                    "value": _reduce(fn, values[held].astype(np.float64)),
+                    "series": int(held.sum()),
+                    "newest_ns": int(times[held].max()),
+                }
+        return dict(sorted(out.items()))
 
 
 def _stamp(frame: Frame, now: int) -> Frame:
@@ -206,15 +200,15 @@ def _report(frame: Frame, rows: np.ndarray, reason: str, errors: list[PointError
         errors.append(PointError(line, reason))
 
 
-def _reduce(fn: str, values: list[float]) -> float | int | None:
+def _reduce(fn: str, values: np.ndarray) -> float | int | None:
     if fn == "count":
         return len(values)
-    if not values:
+    if not len(values):
         return None
-    reducers: dict[str, Callable[[list[float]], float]] = {
-        "sum": math.fsum,
-        "mean": statistics.fmean,
-        "min": min,
-        "max": max,
+    reducers: dict[str, Callable[[np.ndarray], float]] = {
+        "sum": lambda v: math.fsum(v.tolist()),
+        "mean": lambda v: float(np.mean(v)),
+        "min": lambda v: float(np.min(v)),
+        "max": lambda v: float(np.max(v)),
     }
-    return float(reducers[fn](values))
+    return reducers[fn](values)

@@ -101,9 +101,13 @@ class GroupCommitWriter:
             items = self._take()
             self._run_tasks()
             if items:
+                t0 = time.perf_counter()
                 self._commit(items)
+                t1 = time.perf_counter()
                 last_write = time.monotonic()
                 self._maintain(idle=False)
+                log.debug("commit of %d requests %.1f ms, maintenance %.1f ms", len(items),
+                          (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
             elif self._stopping:
                 break
             elif time.monotonic() - last_write >= self._idle_seconds:

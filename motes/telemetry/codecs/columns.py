@@ -1,16 +1,20 @@
 """Columnar assembly shared by the codecs: decoded field values -> :class:`Frame` objects.
 
 A codec either fills a :class:`PointsBuilder` point by point (reference parsers, SenML,
-JSON points) or produces a :class:`Points` directly from Arrow arrays (the line-protocol
-fast path). Both end in :func:`to_frames`, so every path builds frames the same way::
+JSON records) or produces :class:`Points` straight from Arrow arrays (the line-protocol
+fast path); both end in :func:`assemble`::
 
     builder = PointsBuilder()
     builder.add(1, "env", "device=d1", 1_700_000_000_000_000_000, {"temp": (FLOAT, 21.5)})
-    frames = to_frames(builder.build())
+    decoded = assemble(builder.build(), errors=[], rule=first_kind_wins)
+
+``rule`` settles fields whose values disagree in type within one body: line protocol's
+:func:`first_kind_wins` or the JSON family's :func:`majority_kind_wins`.
 
 Frames are canonical, so two decoders that agree on the points build equal frames: one
 frame per measurement in order of first appearance, rows in source-line order, tag-set
-dictionary in order of first appearance, field columns sorted by name.
+dictionary in order of first appearance, field columns sorted by name. Columns are dense,
+so a body too sparse to hold that way (every point naming its own fields) is refused.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class Reject(Exception):
 # Kind codes index FIELD_TYPES, so a column's Arrow type is ARROW_TYPES[FIELD_TYPES[kind]].
 FLOAT, INTEGER, UNSIGNED, BOOLEAN, STRING = range(5)
 KIND_TYPES = [ARROW_TYPES[name] for name in FIELD_TYPES]
-TAGSET_TYPE = pa.dictionary(pa.int32(), pa.string())
+EMPTY_VALUES = [pa.array([], typ) for typ in KIND_TYPES]  # shared: Arrow arrays are immutable
 MAX_CELLS_PER_POINT, MIN_CELLS_LIMIT = 16, 1 << 22
 
 
@@ -86,9 +90,8 @@ class Points:
 def empty_points() -> Points:
     """Points with no rows."""
     none = np.zeros(0, np.int64)
-    values = [pa.array([], typ) for typ in KIND_TYPES]
     return Points(none, none, [], none, none.astype(bool), none, none, [], none, none, none,
-                  values)  # fmt: skip
+                  EMPTY_VALUES)  # fmt: skip
 
 
 class PointsBuilder:
@@ -128,11 +131,14 @@ class PointsBuilder:
         lines, series, times = zip(*self._rows, strict=True)
         rec = np.array(self._records, np.int64).reshape(-1, 5)
         time = np.array([0 if t is None else t for t in times], np.int64)
+        values = [
+            pa.array(v, typ) if v else empty
+            for v, typ, empty in zip(self._values, KIND_TYPES, EMPTY_VALUES, strict=True)
+        ]
         return Points(
             np.array(lines, np.int64), np.array(series, np.int64), list(self._series),
             time, np.array([t is not None for t in times], bool),
-            rec[:, 0], rec[:, 1], list(self._keys), rec[:, 2], rec[:, 3], rec[:, 4],
-            [pa.array(v, typ) for v, typ in zip(self._values, KIND_TYPES, strict=True)],
+            rec[:, 0], rec[:, 1], list(self._keys), rec[:, 2], rec[:, 3], rec[:, 4], values,
         )  # fmt: skip
 
 
@@ -384,7 +390,7 @@ def _layout(p: Points, measurements: list[str]) -> tuple[list[tuple[int, Ints]],
     bounds = np.concatenate([[0], np.cumsum(np.bincount(meas, minlength=len(ids)))])
     frame_row = np.empty(len(meas), np.int64)
     layout = []
-    for m in dict.fromkeys(meas[by_meas[bounds[:-1][np.diff(bounds) > 0]]].tolist()):
+    for m in np.flatnonzero(np.diff(bounds)).tolist():  # measurements that kept rows
         rows = by_meas[bounds[m] : bounds[m + 1]]
         frame_row[rows] = np.arange(len(rows))
         layout.append((m, rows))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -42,13 +43,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from motes.telemetry.codecs import columns as col
-from motes.telemetry.codecs.columns import INT64_MAX, INT64_MIN, Reject
-from motes.telemetry.models import DEVICE_TAG, Decoded, PointError, format_tagset
+from motes.telemetry.codecs.columns import INT64_MAX, INT64_MIN, Bools, Ints, Reject
+from motes.telemetry.models import DEVICE_TAG, Decoded, DecodeError, PointError, format_tagset
 
 __all__ = ["FAST_PATH_MIN_BYTES", "decode", "decode_reference", "parse_line", "parse_series_key"]
 
-# Below this size (~30 lines) the fixed cost of the Arrow calls outweighs their speed.
-FAST_PATH_MIN_BYTES = 2048
+# Below this size (~40 lines) the fixed cost of the Arrow calls outweighs their speed.
+FAST_PATH_MIN_BYTES = 4096
+MAX_BODY_BYTES = 2**30  # Arrow string offsets are int32; servers cap bodies far lower anyway
 UINT64_MAX = 2**64 - 1
 
 Fields = dict[str, tuple[int, object]]
@@ -56,8 +58,11 @@ Line = tuple[str, str, int | None, Fields]
 
 
 def decode(body: bytes, precision: str = "ns", *, device: str | None = None) -> Decoded:
-    """Decode a line-protocol body; bad lines become ``Decoded.errors``."""
+    """Decode a line-protocol body whose timestamps are in ``precision`` units (ns, us,
+    ms, s); bad lines become ``Decoded.errors``, the others frames."""
     factor = col.precision_factor(precision)
+    if len(body) > MAX_BODY_BYTES:
+        raise DecodeError(f"body of {len(body)} bytes: split it into bodies under 1 GiB")
     if len(body) < FAST_PATH_MIN_BYTES:
         return decode_reference(body, precision, device=device)
     try:
@@ -288,8 +293,9 @@ def _parse_time(text: str, factor: int) -> int | None:
 
 # -- fast path --------------------------------------------------------------------------------
 # A line is "simple" when this RE2 pattern proves its syntax: no escapes, no strings, single
-# spaces, every field value well formed. Only range checks, series keys and duplicate field
-# keys remain, and lines failing them go to the reference parser too.
+# spaces, every field value well formed. What the pattern cannot check (series keys, value
+# ranges, duplicate field keys) is checked on arrays, and lines failing it go to the
+# reference parser too, which then names the problem.
 
 _KEY = r'[^\s,="\\_][^\s,="\\]*'
 _NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|-?\d+i|\d+u"
@@ -302,11 +308,9 @@ _KIND_BY_LAST[[ord("u")]] = col.UNSIGNED
 _KIND_BY_LAST[[ord(c) for c in "tTeEfF"]] = col.BOOLEAN
 _MAX_DIGITS = {col.INTEGER: 18, col.UNSIGNED: 19}  # always in range, so cast cannot fail
 
-Ints = npt.NDArray[np.int64]
-Bools = npt.NDArray[np.bool_]
-
 
 def _decode_fast(text: str, factor: int, device: str | None) -> Decoded:
+    """Simple lines as arrays, the others through the reference parser."""
     lines = stripped = pc.split_pattern(pa.array([text]), "\n").flatten()
     if "\r" in text:
         stripped = pc.replace_substring_regex(lines, "\r$", "", max_replacements=1)
@@ -316,7 +320,8 @@ def _decode_fast(text: str, factor: int, device: str | None) -> Decoded:
     points, fallback = _fast_points(simple_lines, numbers, factor, device)
     if fallback.any():
         points = points.take_rows(~fallback)
-    others = np.sort(np.r_[np.flatnonzero(~simple), numbers[fallback] - 1])
+    others = np.sort(np.concatenate([np.flatnonzero(~simple), numbers[fallback] - 1]))
+    # The reference parser gets the lines as sent (it strips "\r" itself).
     if not len(others):
         return _assemble([points], [])
     leftovers = zip((others + 1).tolist(), lines.take(pa.array(others)).to_pylist(), strict=True)
@@ -328,7 +333,7 @@ def _fast_points(
     lines: pa.StringArray, numbers: Ints, factor: int, device: str | None
 ) -> tuple[col.Points, Bools]:
     """Points of simple lines, and the rows the reference parser must redo."""
-    parts = pc.split_pattern(lines, " ")
+    parts = pc.split_pattern(lines, " ")  # series key, field set[, timestamp]
     starts = _offsets(parts)[:-1]
     flat = parts.values
     fallback = np.zeros(len(lines), bool)
@@ -386,58 +391,68 @@ def _bytes(strings: pa.StringArray) -> npt.NDArray[np.uint8]:
     return np.frombuffer(strings.buffers()[2], np.uint8)
 
 
-def _field_pairs(field_sets: pa.StringArray) -> tuple[Ints, Ints, list[str], Ints, pa.StringArray]:
-    """Split ``k=v,k2=v2`` field sets: (row, key code, keys, position, value) per pair."""
+@dataclass
+class _Values:
+    """Field values as slices of one buffer: value ``i`` is ``data[start[i]:end[i]]``."""
+
+    tokens: pa.StringArray  # key, "=", value for each pair, over the same buffer
+    start: Ints
+    end: Ints
+    data: npt.NDArray[np.uint8]
+
+    def strings(self, mask: Bools) -> pa.StringArray:
+        """The values marked in ``mask``, as strings."""
+        return self.tokens.take(pa.array(np.flatnonzero(mask) * 3 + 2))
+
+
+def _field_pairs(field_sets: pa.StringArray) -> tuple[Ints, Ints, list[str], Ints, _Values]:
+    """Split ``k=v,k2=v2`` field sets: (row, key code, keys, position, values) per pair."""
     pairs = pc.split_pattern(field_sets, ",")
     counts = np.diff(_offsets(pairs))
     row = np.repeat(np.arange(len(field_sets)), counts)
     pos = np.arange(len(row)) - np.repeat(_offsets(pairs)[:-1], counts)
-    halves = pc.split_pattern(pairs.values, "=").values  # key, value, key, value...
-    keys = pc.dictionary_encode(halves.take(pa.array(np.arange(0, len(halves), 2))))
-    values = halves.take(pa.array(np.arange(1, len(halves), 2)))
+    flat = pairs.values
+    bounds, data = _offsets(flat), _bytes(flat)
+    # A simple pair holds exactly one "=" (the line pattern says so): the n-th "=" in the
+    # buffer is the n-th pair's. Cutting there gives keys and values without copying.
+    eq = np.flatnonzero(data[bounds[0] : bounds[-1]] == ord("=")) + bounds[0]
+    cuts = np.empty(3 * len(eq) + 1, np.int32)
+    cuts[0:-1:3], cuts[1:-1:3], cuts[2:-1:3], cuts[-1] = bounds[:-1], eq, eq + 1, bounds[-1]
+    tokens = pa.StringArray.from_buffers(len(cuts) - 1, pa.py_buffer(cuts), flat.buffers()[2])
+    keys = pc.dictionary_encode(tokens.take(pa.array(np.arange(0, len(cuts) - 1, 3))))
     key = keys.indices.to_numpy().astype(np.int64)
+    values = _Values(tokens, eq + 1, bounds[1:], data)
     return row, key, keys.dictionary.to_pylist(), pos, values
 
 
-def _typed_values(
-    values: pa.StringArray, row: Ints, fallback: Bools
-) -> tuple[Ints, Ints, list[pa.Array]]:
+def _typed_values(values: _Values, row: Ints, fallback: Bools) -> tuple[Ints, Ints, list[pa.Array]]:
     """Kind and slot per value, and one typed array per kind."""
-    ends = _offsets(values)
-    data = _bytes(values)
-    kind = _KIND_BY_LAST[data[ends[1:] - 1]]
+    kind = _KIND_BY_LAST[values.data[values.end - 1]]
     slot = np.zeros(len(kind), np.int64)
     typed = []
-    for k, arrow_type in enumerate(col.KIND_TYPES):
+    for k in range(len(col.KIND_TYPES)):
         mask = kind == k
         slot[mask] = np.arange(np.count_nonzero(mask))
         if k == col.BOOLEAN:
-            first = data[ends[:-1][mask]]
+            first = values.data[values.start[mask]]
             typed.append(pa.array((first == ord("t")) | (first == ord("T"))))
         elif k == col.FLOAT:
-            floats = pc.cast(values.filter(pa.array(mask)), pa.float64())
-            fallback[row[mask][np.isinf(floats.to_numpy())]] = True
+            floats = pc.cast(values.strings(mask), pa.float64())
+            fallback[row[mask][np.isinf(floats.to_numpy())]] = True  # overflow: "out of range"
             typed.append(floats)
         elif k in _MAX_DIGITS:
-            typed.append(_cast_integers(values, mask, ends, data, row, k, fallback))
+            typed.append(_cast_integers(values, mask, row, k, fallback))
         else:
-            typed.append(pa.array([], arrow_type))
+            typed.append(col.EMPTY_VALUES[k])
     return kind, slot, typed
 
 
-def _cast_integers(
-    values: pa.StringArray,
-    mask: Bools,
-    ends: Ints,
-    data: npt.NDArray[np.uint8],
-    row: Ints,
-    kind: int,
-    fallback: Bools,
-) -> pa.Array:
-    digits = np.diff(ends)[mask] - 1 - (data[ends[:-1][mask]] == ord("-"))
+def _cast_integers(values: _Values, mask: Bools, row: Ints, kind: int, fallback: Bools) -> pa.Array:
+    start, end = values.start[mask], values.end[mask]
+    digits = end - start - 1 - (values.data[start] == ord("-"))
     short = digits <= _MAX_DIGITS[kind]
-    fallback[row[mask][~short]] = True
-    stripped = pc.utf8_slice_codeunits(values.filter(pa.array(mask)), 0, -1)
+    fallback[row[mask][~short]] = True  # maybe out of range: the reference parser decides
+    stripped = pc.utf8_slice_codeunits(values.strings(mask), 0, -1)
     return pc.cast(pc.if_else(pa.array(short), stripped, "0"), col.KIND_TYPES[kind])
 
 

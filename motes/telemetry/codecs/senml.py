@@ -117,6 +117,7 @@ class _Resolver:
         self.device = device
         self.now_ns = now_ns
         self.base: dict[str, Any] = {"bn": "", "bt": 0, "bv": 0, "bs": 0}
+        self.tagsets: dict[str, str] = {}  # device -> tag set: most packs name one device
 
     def resolve(
         self, record: object
@@ -139,7 +140,10 @@ class _Resolver:
             fields[field] = self._value(values[0], record[values[0]])
         if "s" in record:
             fields[f"{field}_sum"] = (col.FLOAT, _finite(self.base["bs"] + _number(record, "s")))
-        return format_tagset({DEVICE_TAG: tag}), self._time(record), fields
+        tagset = self.tagsets.get(tag) or self.tagsets.setdefault(
+            tag, format_tagset({DEVICE_TAG: tag})
+        )
+        return tagset, self._time(record), fields
 
     def _update_base(self, record: dict[Any, Any]) -> None:
         for key in record:

@@ -29,10 +29,11 @@ import pyarrow as pa
 from motes.telemetry.models import FieldType, TelemetryError
 from motes.telemetry.store.catalog import Catalog, MeasurementInfo
 from motes.telemetry.store.duckdb_read import Reader
-from motes.telemetry.store.duckdb_write import Latest, TableBatch, build_batches
+from motes.telemetry.store.duckdb_write import TableBatch, build_batches
+from motes.telemetry.store.latest import LatestCache
 from motes.telemetry.store.protocol import (
     Aggregation,
-    LatestValue,
+    LatestRows,
     Selection,
     SeriesInfo,
     WriteOutcome,
@@ -97,7 +98,7 @@ class DuckDBStore:
         self._db.execute(SCHEMA)
         self._local = threading.local()
         self.catalog = Catalog()
-        self.latest_values = Latest()
+        self.latest_values = LatestCache()
         self._max_time = np.full(1024, NO_TIME, dtype=np.int64)
         self._hot_rows: dict[str, int] = {}
         self._load_catalog()
@@ -125,7 +126,7 @@ class DuckDBStore:
         ).fetchall():
             self.catalog.register_series(by_table[tbl], int(sid), tagset)
         for m in self.catalog.measurements.values():
-            hot = self._db.execute(f"SELECT count(*) FROM {m.table}_hot").fetchone()
+            hot = self._db.execute(f"SELECT count(*) FROM {m.table}_hot").fetchall()[0]
             self._hot_rows[m.table] = int(hot[0]) if hot else 0
         if self.reader_ready():
             self.reader.catalog = self.catalog
@@ -135,28 +136,34 @@ class DuckDBStore:
 
     def _load_latest(self) -> None:
         """Rebuild newest time per series and latest value per field from the tables."""
-        self.latest_values = Latest()
+        self.latest_values = LatestCache()
         self._max_time = np.full(max(1024, self.catalog.next_series_id * 2), NO_TIME, np.int64)
         for m in self.catalog.measurements.values():
+            for sid in sorted(m.series.values()):
+                self.latest_values.register(m.table, sid)
             cols = list(m.fields.values())
             if not cols:
                 continue
             parts = ", ".join(
-                f"max(time) FILTER (WHERE {f.column} IS NOT NULL), "
-                f"arg_max({f.column}, time) FILTER (WHERE {f.column} IS NOT NULL)"
-                for f in cols
+                f"max(time) FILTER (WHERE {f.column} IS NOT NULL) AS t{i}, "
+                f"arg_max({f.column}, time) FILTER (WHERE {f.column} IS NOT NULL) AS v{i}"
+                for i, f in enumerate(cols)
             )
-            rows = self._db.execute(
-                f"SELECT series, max(time), {parts} FROM {m.table}_all GROUP BY series"
-            ).fetchall()
-            for row in rows:
-                sid = int(row[0])
-                self._grow(sid)
-                self._max_time[sid] = row[1]
-                for i, f in enumerate(cols):
-                    t, v = row[2 + 2 * i], row[3 + 2 * i]
-                    if t is not None:
-                        self.latest_values.set(sid, f.name, int(t), v)
+            table = self._db.sql(
+                f"SELECT series, max(time) AS newest, {parts} FROM {m.table}_all GROUP BY series"
+            ).to_arrow_table()
+            sids = table.column("series").to_numpy().astype(np.int64)
+            if not len(sids):
+                continue
+            self._grow(int(sids.max()))
+            self._max_time[sids] = table.column("newest").to_numpy()
+            for i, f in enumerate(cols):
+                times = table.column(f"t{i}").combine_chunks()
+                held = np.asarray(times.is_valid())
+                values = table.column(f"v{i}").combine_chunks().filter(pa.array(held))
+                self.latest_values.update(
+                    m.table, f.name, sids[held], times.to_numpy(zero_copy_only=False)[held], values
+                )
 
     def _grow(self, sid: int) -> None:
         if sid >= len(self._max_time):
@@ -189,11 +196,21 @@ class DuckDBStore:
 
     def _add_series(self, m: MeasurementInfo, tagsets: list[str]) -> None:
         ids = [self.catalog.add_series(m, ts) for ts in tagsets]
-        self._db.executemany(
-            "INSERT INTO motes_series VALUES (?, ?, ?)",
-            [[i, m.table, ts] for i, ts in zip(ids, tagsets, strict=True)],
+        rows = pa.table(
+            {
+                "id": pa.array(ids, pa.uint64()),
+                "tbl": pa.array([m.table] * len(ids)),
+                "tagset": pa.array(tagsets, pa.string()),
+            }
         )
+        self._db.register("new_series", rows)
+        try:
+            self._db.execute("INSERT INTO motes_series SELECT * FROM new_series")
+        finally:
+            self._db.unregister("new_series")
         self._grow(max(ids))
+        for sid in ids:
+            self.latest_values.register(m.table, sid)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -280,7 +297,21 @@ class DuckDBStore:
 
     def _after_commit(self, batch: TableBatch) -> None:
         np.maximum.at(self._max_time, batch.series, batch.time)
-        self.latest_values.update(batch)
+        names = {f.column: f.name for f in batch.measurement.fields.values()}
+        for column in batch.data.column_names[2:]:
+            col = batch.data.column(column).combine_chunks()
+            idx = np.flatnonzero(np.asarray(col.is_valid()))
+            if not len(idx):
+                continue
+            s = batch.series[idx]
+            last = idx[np.r_[s[1:] != s[:-1], True]]  # rows are sorted by (series, time)
+            self.latest_values.update(
+                batch.measurement.table,
+                names[column],
+                batch.series[last].astype(np.int64),
+                batch.time[last],
+                col.take(pa.array(last)),
+            )
 
     # -- maintenance ----------------------------------------------------------------------
 
@@ -368,14 +399,16 @@ class DuckDBStore:
         return self.reader.read(sel, agg, limit)
 
     def latest(
-        self, bucket: str, measurement: str | None, series: Sequence[int] | None
-    ) -> list[LatestValue]:
-        infos = (
-            [self.catalog.series_info[s] for s in series if s in self.catalog.series_info]
-            if series is not None
-            else self.catalog.matching_series(bucket, measurement, {})
-        )
-        return self.latest_values.values(infos)
+        self, bucket: str, measurement: str | None, tags: dict[str, list[str]]
+    ) -> list[LatestRows]:
+        out = []
+        for m in self.catalog.bucket_tables(bucket):
+            if measurement is not None and m.name != measurement:
+                continue
+            series = self.catalog.matching_series(bucket, m.name, tags)
+            if series:
+                out.append(self.latest_values.rows(m.table, series))
+        return out
 
     def close(self) -> None:
         self._db.close()

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from motes.telemetry.models import ARROW_TYPES, FieldType, Frame, PointError, field_type_of
 from motes.telemetry.store.catalog import Catalog, MeasurementInfo
-from motes.telemetry.store.protocol import LatestValue, SeriesInfo, WriteOutcome, WriteRequest
+from motes.telemetry.store.protocol import WriteOutcome, WriteRequest
 
 
 @dataclass
@@ -141,38 +141,3 @@ def _sorted_batch(m: MeasurementInfo, tables: list[pa.Table]) -> TableBatch:
         series, time = series[order], time[order]
     dup = bool(np.any((series[1:] == series[:-1]) & (time[1:] == time[:-1])))
     return TableBatch(measurement=m, data=data, series=series, time=time, has_duplicates=dup)
-
-
-class Latest:
-    """Latest (time, value) per series and field, kept current at ingest."""
-
-    def __init__(self) -> None:
-        self._values: dict[int, dict[str, tuple[int, object]]] = {}
-
-    def set(self, sid: int, field: str, time: int, value: object) -> None:
-        self._values.setdefault(sid, {})[field] = (time, value)
-
-    def update(self, batch: TableBatch) -> None:
-        names = {f.column: f.name for f in batch.measurement.fields.values()}
-        for col_name in batch.data.column_names[2:]:
-            col = batch.data.column(col_name)
-            idx = np.flatnonzero(np.asarray(col.is_valid()))
-            if not len(idx):
-                continue
-            s = batch.series[idx]
-            last = idx[np.r_[s[1:] != s[:-1], True]]
-            values = col.take(pa.array(last)).to_pylist()
-            field = names[col_name]
-            for sid, t, v in zip(
-                batch.series[last].tolist(), batch.time[last].tolist(), values, strict=True
-            ):
-                current = self._values.get(sid, {}).get(field)
-                if current is None or t >= current[0]:
-                    self.set(sid, field, t, v)
-
-    def values(self, infos: Sequence[SeriesInfo]) -> list[LatestValue]:
-        out: list[LatestValue] = []
-        for info in infos:
-            for field, (t, v) in sorted(self._values.get(info.id, {}).items()):
-                out.append(LatestValue(series=info, field=field, time=t, value=v))
-        return out

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from motes.telemetry.models import FieldType, Frame, PointError
@@ -58,12 +59,16 @@ class Aggregation:
     group_by: tuple[str, ...] | None  # None: per series; () all series together
 
 
-@dataclass(frozen=True)
-class LatestValue:
-    series: SeriesInfo
-    field: str
-    time: int
-    value: object
+@dataclass
+class LatestRows:
+    """Latest values of some series of one measurement, as columns aligned with ``series``:
+    ``fields[name] = (times, values)``; a time of ``NO_TIME`` marks a series without it."""
+
+    series: list[SeriesInfo]
+    fields: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+NO_TIME = -(2**63)
 
 
 class TelemetryStore(Protocol):
@@ -86,8 +91,10 @@ class TelemetryStore(Protocol):
         ...
 
     def latest(
-        self, bucket: str, measurement: str | None, series: Sequence[int] | None
-    ) -> list[LatestValue]: ...
+        self, bucket: str, measurement: str | None, tags: dict[str, list[str]]
+    ) -> list[LatestRows]:
+        """Latest value of each field of each matching series, one entry per measurement."""
+        ...
 
     def drop_bucket(self, bucket: str) -> None: ...
 
