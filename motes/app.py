@@ -32,7 +32,7 @@ log = logging.getLogger("motes")
 
 async def health(request: Request) -> Response:
     ready = getattr(request.app.state, "ready", False)
-    body = {
+    body: dict[str, object] = {
         "name": "motes",
         "status": "pass" if ready else "fail",
         "message": "ready for queries and writes" if ready else "starting",

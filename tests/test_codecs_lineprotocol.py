@@ -221,7 +221,7 @@ def test_frame_shape_of_typical_body() -> None:
 
 def test_hostile_lines_stay_linear() -> None:
     digits = b"1" * 200_000
-    body = b"m f=" + digits + b"x\nm f=" + digits + b"i\nm s=\"" + b"\\\\" * 100_000 + b"\n"
+    body = b"m f=" + digits + b"x\nm f=" + digits + b'i\nm s="' + b"\\\\" * 100_000 + b"\n"
     decoded = decode_reference(body)  # quadratic backtracking would take minutes here
     assert [e.line for e in decoded.errors] == [1, 2, 3]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 import numpy as np
 
@@ -100,12 +101,13 @@ def format_times(ns: np.ndarray, epoch: str | None) -> list[str] | list[int]:
     if epoch:
         ints: list[int] = (ns // EPOCHS[epoch]).tolist()
         return ints
-    unit = "ns"
+    unit: Literal["s", "ms", "us", "ns"] = "ns"
     for name, size in (("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)):
         if not (ns % size).any():
-            unit = name
+            unit = name  # type: ignore[assignment]
             break
-    text = np.datetime_as_string(ns.astype("datetime64[ns]"), unit=unit)
+    stamps: np.ndarray[Any, np.dtype[np.datetime64]] = ns.astype("datetime64[ns]")
+    text = np.datetime_as_string(stamps, unit=unit)
     return [t + "Z" for t in text.tolist()]
 
 

@@ -26,8 +26,8 @@ from motes.telemetry.models import (
     field_type_of,
 )
 from motes.telemetry.store.protocol import (
-    Aggregation,
     NO_TIME,
+    Aggregation,
     LatestRows,
     Selection,
     TelemetryStore,

@@ -106,8 +106,12 @@ class GroupCommitWriter:
                 t1 = time.perf_counter()
                 last_write = time.monotonic()
                 self._maintain(idle=False)
-                log.debug("commit of %d requests %.1f ms, maintenance %.1f ms", len(items),
-                          (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
+                log.debug(
+                    "commit of %d requests %.1f ms, maintenance %.1f ms",
+                    len(items),
+                    (t1 - t0) * 1000,
+                    (time.perf_counter() - t1) * 1000,
+                )
             elif self._stopping:
                 break
             elif time.monotonic() - last_write >= self._idle_seconds:

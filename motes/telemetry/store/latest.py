@@ -22,7 +22,6 @@ import pyarrow as pa
 from motes.telemetry.store.protocol import NO_TIME, LatestRows, SeriesInfo
 
 
-
 def _numpy_values(values: pa.Array) -> np.ndarray:
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return np.array(values.to_pylist(), dtype=object)
@@ -41,8 +40,10 @@ class _Column:
         size = max(size, 2 * len(self.times), 64)
         times = np.full(size, NO_TIME, np.int64)
         times[: len(self.times)] = self.times
-        values = np.zeros(size, self.values.dtype) if self.values.dtype != object else np.full(
-            size, None, object
+        values = (
+            np.zeros(size, self.values.dtype)
+            if self.values.dtype != object
+            else np.full(size, None, object)
         )
         values[: len(self.values)] = self.values
         self.times, self.values = times, values
