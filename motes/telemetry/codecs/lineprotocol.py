@@ -32,7 +32,6 @@ return identical results for any input (tested by a differential property test).
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -360,9 +359,15 @@ def _series(
     encoded = pc.dictionary_encode(keys)
     names: dict[tuple[str, str], int] = {}
     ids = np.full(len(encoded.dictionary), -1, np.int64)
+    cache = _SERIES_CACHE
     for i, key in enumerate(encoded.dictionary.to_pylist()):
-        with contextlib.suppress(Reject):  # bad keys stay -1: the reference parser says why
-            ids[i] = names.setdefault(parse_series_key(key, device), len(names))
+        found = cache.get((key, device))  # the common case, without a call per key
+        if found is None or isinstance(found, str):
+            try:
+                found = parse_series_key(key, device)
+            except Reject:
+                continue  # bad keys stay -1: the reference parser says why
+        ids[i] = names.setdefault(found, len(names))
     series = ids[encoded.indices.to_numpy()]
     fallback |= series < 0
     return np.maximum(series, 0), list(names)

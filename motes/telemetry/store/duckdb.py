@@ -246,21 +246,23 @@ class DuckDBStore:
 
     def _append(self, batch: TableBatch) -> None:
         m = batch.measurement
+        # the hot table's columns, in its order (fields are added in column order)
         cols = ["series", "t_s", "t_ns", *(f.column for f in m.fields.values())]
         table = batch.table(cols)
-        sids = batch.series
-        overlap = batch.time <= self._max_time[sids]
-        self._db.register("incoming", table)
-        try:
-            if batch.has_duplicates or overlap.any():
+        overlap = batch.time <= self._max_time[batch.series]
+        if batch.has_duplicates or overlap.any():
+            self._db.register("incoming", table)
+            try:
                 self._merge(m, cols)
-            else:
-                col_list = ", ".join(cols)
-                self._db.execute(
-                    f"INSERT INTO {m.table}_hot ({col_list}) SELECT {col_list} FROM incoming"
-                )
-        finally:
-            self._db.unregister("incoming")
+            finally:
+                self._db.unregister("incoming")
+        else:
+            # one call into DuckDB: each call costs GIL round trips under load
+            self._db.register("incoming", table)
+            try:
+                self._db.execute(f"INSERT INTO {m.table}_hot SELECT * FROM incoming")
+            finally:
+                self._db.unregister("incoming")
         self._hot_rows[m.table] = self._hot_rows.get(m.table, 0) + len(table)
 
     def _merge(self, m: MeasurementInfo, cols: list[str]) -> None:
