@@ -32,6 +32,7 @@ from motes.telemetry.models import (
     QueryError,
     TelemetryError,
     UnknownBucket,
+    UnknownMeasurement,
     WriteRejected,
 )
 
@@ -73,6 +74,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (Forbidden, 403, "forbidden"),
     (NotFound, 404, "not found"),
     (UnknownBucket, 404, "not found"),
+    (UnknownMeasurement, 404, "not found"),
     (Conflict, 409, "conflict"),
     (BodyTooLarge, 413, "request too large"),
     (UnsupportedMediaType, 415, "unsupported media type"),
@@ -157,16 +159,23 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"invalid gzip body: {exc}") from exc
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise BodyTooLarge(limit)
-    if not inflater.eof:
-        raise BadRequest("invalid gzip body: truncated")
-    return out
+    """Every member of a gzip stream (concatenated members are one body), at most ``limit``."""
+    parts: list[bytes] = []
+    size, rest = 0, body
+    while rest:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = inflater.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise BadRequest(f"invalid gzip body: {exc}") from exc
+        size += len(out)
+        if size > limit or inflater.unconsumed_tail:
+            raise BodyTooLarge(limit)
+        if not inflater.eof:
+            raise BadRequest("invalid gzip body: truncated")
+        parts.append(out)
+        rest = inflater.unused_data
+    return b"".join(parts)
 
 
 def json_body(body: bytes) -> Any:

@@ -10,6 +10,7 @@ Every setting has a default and a help line (``Settings.model_fields[...].descri
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,11 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> Settings:
-        """Settings from a TOML file; keyword overrides win, then the file, then the env."""
+        """Settings from a TOML file: keyword overrides win, then ``MOTES_*``, then the file."""
         with path.open("rb") as fh:
             values = tomllib.load(fh)
+        # the environment outranks the file: drop what a MOTES_* variable sets
+        values = {k: v for k, v in values.items() if f"MOTES_{k.upper()}" not in os.environ}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

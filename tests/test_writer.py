@@ -55,8 +55,9 @@ def test_overloaded_write_is_503_with_retry_after(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "d", init_token=TOKEN, write_queue_points=1)
     with TestClient(create_app(settings), headers=AUTH) as client:
         writer = client.app.state.telemetry.writer  # type: ignore[attr-defined]
-        release = threading.Event()
-        writer.execute(lambda: release.wait(10))  # keep the writer busy
+        release, busy = threading.Event(), threading.Event()
+        writer.execute(lambda: busy.set() or release.wait(10))  # keep the writer busy
+        assert busy.wait(10)
         waiting = writer.submit(WriteRequest("x", []), 1)  # the queue is now full
         r = client.post("/api/v2/write?bucket=telemetry", content=b"m f=1 1\nm f=2 2\n")
         release.set()

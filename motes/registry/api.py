@@ -83,8 +83,10 @@ async def delete_bucket(request: Request) -> Response:
     org = resolve_org(request, token)
     _admin(token)
     bucket = resolve_bucket(request, org, request.path_params["bucket"])
-    await asyncio.wrap_future(request.app.state.telemetry.drop_bucket(bucket.id))
+    # out of the registry first, so no new write can find it; then its data, on the writer
+    # thread after the writes already queued (those are refused by the store)
     await run_in_threadpool(request.app.state.registry.delete_bucket, bucket)
+    await asyncio.wrap_future(request.app.state.telemetry.drop_bucket(bucket.id))
     return Response(status_code=204)
 
 

@@ -140,11 +140,11 @@ def parse_duration(text: str | int) -> int:
     s = text.strip()
     if s in ("", "0", "inf", "infinite"):
         return 0
-    if s.isdigit():
+    if s.isascii() and s.isdigit():
         return int(s)
     total, num = 0, ""
     for ch in s:
-        if ch.isdigit():
+        if ch in "0123456789":
             num += ch
         elif ch in _UNITS and num:
             total += int(num) * _UNITS[ch]

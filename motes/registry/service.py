@@ -71,7 +71,7 @@ class Registry:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._token_cache: dict[str, tuple[float, Token]] = {}
-        self._attr_cache: dict[tuple[str, str], dict[str, Any]] = {}
+        self._attr_cache: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._schema_cache: dict[tuple[str, str], MeasurementSchema | None] = {}
         # orgs and buckets are read on every request and change rarely; this process is
         # the only writer of the registry, so clearing on change keeps the cache exact
@@ -95,20 +95,37 @@ class Registry:
     # -- setup ----------------------------------------------------------------------------
 
     def bootstrap(self, org: str, bucket: str, token: str | None) -> str | None:
-        """Create org, bucket and operator token on an empty registry.
+        """Create org, bucket and operator token on an empty registry, all or nothing.
 
         Returns the operator token when this call created it, else None.
         """
+        check_name("org", org)
+        check_name("bucket", bucket)
+        if token is not None and len(token) < 16:
+            raise Invalid("MOTES_INIT_TOKEN must be at least 16 characters")
+        secret = token or secrets.token_urlsafe(32)
+        now = _now_ns()
+        org_id, bucket_id = _new_id(), _new_id()
         with self.engine.begin() as conn:
             if conn.execute(sa.select(sa.func.count()).select_from(orgs)).scalar_one():
                 return None
-            org_id = _new_id()
+            conn.execute(orgs.insert().values(id=org_id, name=org, created_ns=now))
             conn.execute(
-                orgs.insert().values(id=org_id, name=check_name("org", org), created_ns=_now_ns())
+                buckets.insert().values(
+                    id=bucket_id, org_id=org_id, name=bucket, retention_seconds=0, created_ns=now
+                )
             )
-        self.create_bucket(org_id, bucket, 0)
-        secret = token or secrets.token_urlsafe(32)
-        self._insert_token(org_id, "operator token (all access)", True, (), secret)
+            conn.execute(
+                tokens.insert().values(
+                    id=_new_id(),
+                    org_id=org_id,
+                    description="operator token (all access)",
+                    token_hash=hash_token(secret),
+                    all_access=True,
+                    permissions=[],
+                    created_ns=now,
+                )
+            )
         return secret
 
     # -- orgs and buckets -----------------------------------------------------------------
@@ -182,12 +199,15 @@ class Registry:
 
     def delete_bucket(self, bucket: Bucket) -> None:
         with self.engine.begin() as conn:
+            for table in (devices, device_attribute_history):
+                conn.execute(table.delete().where(table.c.bucket_id == bucket.id))
             conn.execute(
                 measurement_schemas.delete().where(measurement_schemas.c.bucket_id == bucket.id)
             )
             conn.execute(buckets.delete().where(buckets.c.id == bucket.id))
         self._schema_cache.clear()
         self._buckets.clear()
+        self._attr_cache.clear()
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -242,57 +262,67 @@ class Registry:
         return token
 
     # -- devices --------------------------------------------------------------------------
+    # A device record lives in the bucket its telemetry was written to, so reading or
+    # changing it needs the same permission as that bucket's data.
 
-    def record_attributes(self, org_id: str, device: str, attributes: dict[str, Any]) -> None:
+    def record_attributes(
+        self, org_id: str, bucket_id: str, device: str, attributes: dict[str, Any]
+    ) -> None:
         """Merge a deviceinfo update into the device record; history keeps every change."""
-        key = (org_id, device)
+        key = (org_id, bucket_id, device)
         with self._lock:
             current = self._attr_cache.get(key)
             if current is None:
-                current = self.device(org_id, device).attributes if self._has_device(key) else {}
+                current = self._stored_attributes(key)
             merged = {**current, **attributes}
             if merged == current and key in self._attr_cache:
                 return
-            now = _now_ns()
-            with self.engine.begin() as conn:
-                updated = conn.execute(
-                    devices.update()
-                    .where(devices.c.org_id == org_id, devices.c.device == device)
-                    .values(attributes=merged, attributes_updated_ns=now, last_seen_ns=now)
-                ).rowcount
-                if not updated:
-                    conn.execute(
-                        devices.insert().values(
-                            org_id=org_id,
-                            device=device,
-                            attributes=merged,
-                            attributes_updated_ns=now,
-                            last_seen_ns=now,
-                        )
-                    )
-                if merged != current:
-                    conn.execute(
-                        device_attribute_history.insert().values(
-                            org_id=org_id, device=device, time_ns=now, attributes=attributes
-                        )
-                    )
+            self._store_attributes(key, merged, attributes if merged != current else None)
             self._attr_cache[key] = merged
 
-    def _has_device(self, key: tuple[str, str]) -> bool:
-        with self.engine.connect() as conn:
-            return (
-                conn.execute(
-                    sa.select(devices.c.device).where(
-                        devices.c.org_id == key[0], devices.c.device == key[1]
-                    )
-                ).first()
-                is not None
-            )
+    def _where(self, table: sa.Table, key: tuple[str, str, str]) -> sa.ColumnElement[bool]:
+        org_id, bucket_id, device = key
+        return sa.and_(
+            table.c.org_id == org_id, table.c.bucket_id == bucket_id, table.c.device == device
+        )
 
-    def device(self, org_id: str, device: str) -> DeviceRecord:
+    def _stored_attributes(self, key: tuple[str, str, str]) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(devices.c.attributes).where(self._where(devices, key)))
+            found = row.first()
+        return dict(found.attributes) if found else {}
+
+    def _store_attributes(
+        self, key: tuple[str, str, str], merged: dict[str, Any], change: dict[str, Any] | None
+    ) -> None:
+        org_id, bucket_id, device = key
+        now = _now_ns()
+        values = {"attributes": merged, "attributes_updated_ns": now, "last_seen_ns": now}
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                devices.update().where(self._where(devices, key)).values(**values)
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    devices.insert().values(
+                        org_id=org_id, bucket_id=bucket_id, device=device, **values
+                    )
+                )
+            if change is not None:
+                conn.execute(
+                    device_attribute_history.insert().values(
+                        org_id=org_id,
+                        bucket_id=bucket_id,
+                        device=device,
+                        time_ns=now,
+                        attributes=change,
+                    )
+                )
+
+    def device(self, org_id: str, bucket_id: str, device: str) -> DeviceRecord:
         with self.engine.connect() as conn:
             r = conn.execute(
-                sa.select(devices).where(devices.c.org_id == org_id, devices.c.device == device)
+                sa.select(devices).where(self._where(devices, (org_id, bucket_id, device)))
             ).first()
         if r is None:
             raise NotFound(f'device "{device}" not found')
@@ -300,15 +330,15 @@ class Registry:
             org_id, device, dict(r.attributes), r.attributes_updated_ns, r.last_seen_ns
         )
 
-    def attribute_history(self, org_id: str, device: str, limit: int = 100) -> list[dict[str, Any]]:
+    def attribute_history(
+        self, org_id: str, bucket_id: str, device: str, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        history = device_attribute_history
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(device_attribute_history.c.time_ns, device_attribute_history.c.attributes)
-                .where(
-                    device_attribute_history.c.org_id == org_id,
-                    device_attribute_history.c.device == device,
-                )
-                .order_by(device_attribute_history.c.time_ns.desc())
+                sa.select(history.c.time_ns, history.c.attributes)
+                .where(self._where(history, (org_id, bucket_id, device)))
+                .order_by(history.c.time_ns.desc())
                 .limit(limit)
             ).all()
         return [{"time_ns": r.time_ns, "attributes": r.attributes} for r in rows]

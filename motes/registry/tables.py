@@ -41,6 +41,7 @@ devices = sa.Table(
     "devices",
     metadata,
     sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), primary_key=True),
+    sa.Column("bucket_id", sa.String(32), primary_key=True),
     sa.Column("device", sa.String(256), primary_key=True),
     sa.Column("attributes", sa.JSON, nullable=False),
     sa.Column("attributes_updated_ns", sa.BigInteger),
@@ -52,10 +53,11 @@ device_attribute_history = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("org_id", sa.String(32), nullable=False),
+    sa.Column("bucket_id", sa.String(32), nullable=False),
     sa.Column("device", sa.String(256), nullable=False),
     sa.Column("time_ns", sa.BigInteger, nullable=False),
     sa.Column("attributes", sa.JSON, nullable=False),
-    sa.Index("ix_device_history", "org_id", "device", "time_ns"),
+    sa.Index("ix_device_history", "org_id", "bucket_id", "device", "time_ns"),
 )
 
 measurement_schemas = sa.Table(

@@ -20,7 +20,7 @@ from motes.registry.models import Bucket, Forbidden, NotFound, Org, Token, Unaut
 from motes.registry.service import check_name
 from motes.telemetry import codecs
 from motes.telemetry.codecs import lineprotocol
-from motes.telemetry.models import PRECISION_NS, Decoded, DecodeError
+from motes.telemetry.models import PRECISION_NS, Decoded, DecodeError, WriteRejected
 
 DEFAULT_MEASUREMENT = "telemetry"
 
@@ -126,10 +126,25 @@ async def device_telemetry(request: Request) -> Response:
     bucket = resolve_bucket(request, org, request.query_params.get("bucket"))
     require(token, "write", bucket)
     decoded = await _decode(request, _codec(request, device))
+    try:
+        response = await _write(request, bucket, decoded)
+    except WriteRejected as exc:
+        if exc.written or not decoded.frames:  # the request was taken, in part
+            await _record(request, org, bucket, device, decoded)
+        raise
+    await _record(request, org, bucket, device, decoded)
+    return response
+
+
+async def _record(
+    request: Request, org: Org, bucket: Bucket, device: str, decoded: Decoded
+) -> None:
+    """Update the device record once the telemetry beside it was accepted."""
     if decoded.attributes is not None:
         registry = request.app.state.registry
-        await run_in_threadpool(registry.record_attributes, org.id, device, decoded.attributes)
-    return await _write(request, bucket, decoded)
+        await run_in_threadpool(
+            registry.record_attributes, org.id, bucket.id, device, decoded.attributes
+        )
 
 
 async def bucket_points(request: Request) -> Response:

@@ -49,6 +49,8 @@ def _fill_column(col: pa.ChunkedArray, pos: np.ndarray, size: int, fill: str) ->
                 last = v
         return pa.array(out, col.type)
     if fill == "linear":
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            raise QueryError(f"fill=linear needs numeric fields; this one holds {col.type} values")
         return pa.array(_linear(out), pa.float64())
     try:
         number = float(fill)
@@ -56,6 +58,8 @@ def _fill_column(col: pa.ChunkedArray, pos: np.ndarray, size: int, fill: str) ->
         raise QueryError(
             f'fill must be none, null, previous, linear or a number, got "{fill}"'
         ) from exc
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        raise QueryError(f"fill={fill} needs numeric fields; this one holds {col.type} values")
     filled = [number if v is None else v for v in out]
     return pa.array(filled, pa.float64() if pa.types.is_floating(col.type) else None)
 

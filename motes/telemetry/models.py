@@ -10,6 +10,7 @@ Exceptions::
     ├── DecodeError            body cannot be decoded at all (400)
     ├── WriteRejected          some or all points were rejected (400, lists them)
     ├── UnknownBucket          (404)
+    ├── UnknownMeasurement     (404)
     ├── Overloaded             write queue full (503 + Retry-After)
     └── QueryError             bad query parameters (400)
 """
@@ -195,6 +196,10 @@ class WriteRejected(TelemetryError):
 
 
 class UnknownBucket(TelemetryError):
+    pass
+
+
+class UnknownMeasurement(TelemetryError):
     pass
 
 

@@ -30,7 +30,13 @@ _NS = {
 }
 EPOCHS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 MAX_NS = 2**63 - 1
-MIN_NS = -(2**63)
+MIN_NS = -9_200_000_000_000_000_000  # the earliest time Motes stores (1678-06)
+MAX_EVERY_NS = 1000 * 86_400_000_000_000
+_INT = re.compile(r"-?[0-9]+")  # str.isdigit() also accepts "²", which int() refuses
+
+
+def _clamp(ns: int) -> int:
+    return max(MIN_NS, min(MAX_NS, ns))
 
 
 def parse_duration_ns(text: str) -> int:
@@ -43,17 +49,17 @@ def parse_duration_ns(text: str) -> int:
         pos = m.end()
     if pos != len(s) or not s:
         raise QueryError(f'invalid duration "{text}": use e.g. 10s, 10m, 1h, 1d, 1h30m')
-    return total
+    return min(total, MAX_NS)
 
 
 def parse_time(text: str, now: int) -> int:
     s = text.strip()
     if s == "now" or s == "now()":
         return now
-    if s.startswith("-") and not s[1:].isdigit():
-        return now - parse_duration_ns(s[1:])
-    if s.lstrip("-").isdigit():
-        return int(s) * 1_000_000
+    if s.startswith("-") and not _INT.fullmatch(s):
+        return _clamp(now - parse_duration_ns(s[1:]))
+    if _INT.fullmatch(s):
+        return _clamp(int(s) * 1_000_000)
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError as exc:
@@ -63,7 +69,7 @@ def parse_time(text: str, now: int) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     nanos = _fraction_ns(s)
-    return int(dt.replace(microsecond=0).timestamp()) * 1_000_000_000 + nanos
+    return _clamp(int(dt.replace(microsecond=0).timestamp()) * 1_000_000_000 + nanos)
 
 
 def _fraction_ns(s: str) -> int:
@@ -120,6 +126,6 @@ def check_epoch(epoch: str | None) -> str | None:
 def positive_int(name: str, text: str | None) -> int | None:
     if text is None or text == "":
         return None
-    if not text.isdigit() or int(text) <= 0:
+    if not _INT.fullmatch(text) or int(text) <= 0:
         raise QueryError(f'{name} must be a positive integer, got "{text}"')
     return int(text)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from typing import Any
 
@@ -26,9 +27,11 @@ from motes.http import JSONResponse, authenticate
 from motes.registry.models import NotFound
 from motes.telemetry.api import DEFAULT_MEASUREMENT, require, resolve_bucket, resolve_org
 from motes.telemetry.fill import fill_windows
-from motes.telemetry.models import DEVICE_TAG, QueryError
+from motes.telemetry.models import DEVICE_TAG, QueryError, UnknownMeasurement
 from motes.telemetry.params import (
+    MAX_EVERY_NS,
     MAX_NS,
+    MIN_NS,
     check_epoch,
     format_time,
     format_times,
@@ -72,7 +75,7 @@ async def query(request: Request) -> Response:
     fill = params.get("fill", "none")
     service = request.app.state.telemetry
     tables: Tables = await run_in_threadpool(service.read, sel, agg, limit)
-    if agg is not None and agg.fn and fill != "none":
+    if agg is not None and agg.fn and agg.every and fill != "none":
         stop = min(sel.stop, now) if sel.stop == MAX_NS else sel.stop
         tables = [(t, fill_windows(tab, sel.start, stop, agg.every, fill)) for t, tab in tables]
     if "text/csv" in request.headers.get("accept", ""):
@@ -90,9 +93,9 @@ def _aggregation(params: Any) -> Aggregation | None:
     fn = fn or "mean"
     if fn not in AGGREGATES:
         raise QueryError(f'fn must be one of {", ".join(AGGREGATES)}, got "{fn}"')
-    every_ns = parse_duration_ns(every) if every else MAX_NS // 2
-    if every_ns <= 0:
-        raise QueryError("every must be positive")
+    every_ns = parse_duration_ns(every) if every else 0  # 0: one window for the range
+    if every is not None and not 0 < every_ns <= MAX_EVERY_NS:
+        raise QueryError("every must be positive and at most 1000d")
     return Aggregation(every=every_ns, fn=fn, group_by=group_by)
 
 
@@ -159,23 +162,25 @@ async def device_fetch(request: Request) -> Response:
     )
     limit = positive_int("limit", params.get("limit"))
     agg = Aggregation(every=0, fn="", group_by=(DEVICE_TAG,))
-    tables: Tables = await run_in_threadpool(request.app.state.telemetry.read, sel, agg, limit)
+    try:
+        tables: Tables = await run_in_threadpool(request.app.state.telemetry.read, sel, agg, limit)
+    except UnknownMeasurement:
+        return JSONResponse([])  # nothing sent yet: no rows, as for an unknown device
     rows: list[dict[str, Any]] = []
     for _, tab in tables:
         for row in tab.to_pylist():
             t = row.pop("time")
-            rows.append(
-                {"timestamp": t // 1_000_000, **{k: v for k, v in row.items() if v is not None}}
-            )
+            fields = {k: v for k, v in row.items() if v is not None}
+            rows.append({**fields, "timestamp": t // 1_000_000})  # the real time wins
     return JSONResponse(rows)
 
 
 def _ms_param(text: str | None, default: int) -> int:
     if text is None or text == "":
         return default
-    if not text.lstrip("-").isdigit():
+    if not re.fullmatch(r"-?[0-9]+", text):
         raise QueryError(f'"{text}" is not a time in epoch milliseconds')
-    return int(text)
+    return max(MIN_NS // 1_000_000, min(MAX_NS // 1_000_000, int(text)))
 
 
 def _latest_json(rows: LatestRows, epoch: str | None) -> list[dict[str, Any]]:
@@ -204,12 +209,12 @@ async def device_record(request: Request) -> Response:
         for entry in _latest_json(rows, None)
     ]
     try:
-        record = await run_in_threadpool(registry.device, org.id, device)
+        record = await run_in_threadpool(registry.device, org.id, bucket.id, device)
     except NotFound:
         if not latest:
             raise
         record = None
-    history = await run_in_threadpool(registry.attribute_history, org.id, device)
+    history = await run_in_threadpool(registry.attribute_history, org.id, bucket.id, device)
     fields: dict[str, Any] = {}
     for entry in latest:
         for name, value in entry["fields"].items():

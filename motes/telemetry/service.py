@@ -38,6 +38,9 @@ from motes.telemetry.writer import GroupCommitWriter
 
 SchemaLookup = Callable[[str, str], MeasurementSchema | None]
 FLEET_FNS = ("sum", "mean", "min", "max", "count")
+# The range Motes stores: inside int64 nanoseconds with room for window arithmetic.
+MIN_TIME = -9_200_000_000_000_000_000
+MAX_TIME = 9_223_372_036_854_775_806
 
 
 @dataclass
@@ -87,6 +90,8 @@ class TelemetryService:
         frames: list[Frame] = []
         for frame in decoded.frames:
             frame = _stamp(frame, now)
+            frame = _check_time_range(frame, errors)
+            frame = _drop_reserved(frame, errors)
             frame = self._apply_schema(bucket, frame, errors)
             frame = _apply_retention(bucket, frame, now, errors)
             if len(frame):
@@ -181,6 +186,30 @@ def _stamp(frame: Frame, now: int) -> Frame:
         return frame
     frame.time = pc.fill_null(frame.time, pa.scalar(now, pa.int64()))
     return frame
+
+
+def _check_time_range(frame: Frame, errors: list[PointError]) -> Frame:
+    times = frame.time.to_numpy(zero_copy_only=False)
+    bad = (times < MIN_TIME) | (times > MAX_TIME)
+    if not bad.any():
+        return frame
+    _report(frame, bad, "timestamp out of range: Motes keeps times from 1678-06 to 2262-04", errors)
+    return frame.take(pa.array(np.flatnonzero(~bad)))
+
+
+def _drop_reserved(frame: Frame, errors: list[PointError]) -> Frame:
+    """``time`` names the timestamp in every answer, so no field or tag may take it."""
+    bad = np.zeros(len(frame), dtype=bool)
+    if "time" in frame.fields:
+        bad |= np.asarray(frame.fields["time"].is_valid())
+    tagsets = frame.tagsets
+    dictionary = tagsets.dictionary if isinstance(tagsets, pa.DictionaryArray) else tagsets
+    if pc.any(pc.match_substring_regex(dictionary, r"(^|,)time=")).as_py():
+        bad |= np.asarray(pc.match_substring_regex(tagsets.cast(pa.string()), r"(^|,)time="))
+    if not bad.any():
+        return frame
+    _report(frame, bad, '"time" is reserved: it cannot be a field or tag key', errors)
+    return frame.take(pa.array(np.flatnonzero(~bad)))
 
 
 def _apply_retention(bucket: Bucket, frame: Frame, now: int, errors: list[PointError]) -> Frame:

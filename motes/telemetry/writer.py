@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 from motes.telemetry.models import Overloaded
 from motes.telemetry.store.protocol import TelemetryStore, WriteOutcome, WriteRequest
@@ -98,33 +99,43 @@ class GroupCommitWriter:
     def _run(self) -> None:
         last_write = time.monotonic()
         while True:
-            items = self._take()
-            self._run_tasks()
-            if items:
-                t0 = time.perf_counter()
-                self._commit(items)
-                t1 = time.perf_counter()
-                last_write = time.monotonic()
-                self._maintain(idle=False)
-                log.debug(
-                    "commit of %d requests %.1f ms, maintenance %.1f ms",
-                    len(items),
-                    (t1 - t0) * 1000,
-                    (time.perf_counter() - t1) * 1000,
-                )
-            elif self._stopping:
+            try:
+                stop, last_write = self._step(last_write)
+            except Exception:  # the writer must outlive any bug in one step
+                log.exception("writer step failed")
+                stop = False
+            if stop:
                 break
-            elif time.monotonic() - last_write >= self._idle_seconds:
-                self._maintain(idle=True)
         self._maintain(idle=True)
+
+    def _step(self, last_write: float) -> tuple[bool, float]:
+        """One turn: commit what is queued, run tasks, maintain; True when it is time to stop."""
+        items = self._take()
+        if items:
+            started = time.perf_counter()
+            self._commit(items)
+            last_write = time.monotonic()
+            self._maintain(idle=False)
+            log.debug(
+                "group commit of %d requests in %.1f ms",
+                len(items),
+                (time.perf_counter() - started) * 1000,
+            )
+        # tasks (bucket drops...) run after the writes taken with them are committed
+        self._run_tasks()
+        if not items and self._stopping and not self._tasks:
+            return True, last_write
+        if not items and time.monotonic() - last_write >= self._idle_seconds:
+            self._maintain(idle=True)
+        return False, last_write
 
     def _run_tasks(self) -> None:
         while self._tasks:
             fn, fut = self._tasks.popleft()
             try:
-                fut.set_result(fn())
+                _resolve(fut, fn())
             except Exception as exc:
-                fut.set_exception(exc)
+                _fail(fut, exc)
 
     def _commit(self, items: list[tuple[WriteRequest, int, Future[WriteOutcome]]]) -> None:
         try:
@@ -132,11 +143,11 @@ class GroupCommitWriter:
         except Exception as exc:  # the store failed: nothing in this group is acked
             log.error("group commit of %d requests failed: %s", len(items), exc)
             for _, _, fut in items:
-                fut.set_exception(exc)
+                _fail(fut, exc)
         else:
             self.commits += 1
             for (_, _, fut), outcome in zip(items, outcomes, strict=True):
-                fut.set_result(outcome)
+                _resolve(fut, outcome)
         finally:
             with self._cond:
                 self._queued_points -= sum(points for _, points, _ in items)
@@ -148,3 +159,14 @@ class GroupCommitWriter:
             self._maintenance(idle)
         except Exception:
             log.exception("store maintenance failed")
+
+
+def _resolve(fut: Future[Any], result: Any) -> None:
+    # a request whose client went away cancelled its future; the others still get answers
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _fail(fut: Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

@@ -3,7 +3,12 @@
 The catalog lives in the store's own tables (so it commits with the data it describes);
 this mirror answers the hot-path questions — which column holds a field, which id a tag
 set has — without a round trip. It is rebuilt from the tables at start and after a failed
-transaction, never patched by guesswork.
+transaction (into a new object, swapped in whole), never patched by guesswork.
+
+Only the writer thread changes it; readers on other threads see a measurement or field
+only once ``committed`` is set, after the COMMIT that created its table or column, so a
+query never names a table or column its snapshot lacks. A new series becomes visible with
+its latest-value slot already registered; before its commit it simply has no rows.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ class FieldInfo:
     name: str
     type: FieldType
     column: str
+    committed: bool = True
 
 
 @dataclass
@@ -28,9 +34,14 @@ class MeasurementInfo:
     table: str
     fields: dict[str, FieldInfo] = field(default_factory=dict)
     series: dict[str, int] = field(default_factory=dict)  # tagset -> series id
+    committed: bool = True
 
     def next_column(self) -> str:
         return f"c{len(self.fields)}"
+
+    def visible_fields(self) -> list[FieldInfo]:
+        """Fields whose column exists for readers (list() copies atomically under the GIL)."""
+        return [f for f in list(self.fields.values()) if f.committed]
 
 
 @dataclass
@@ -43,23 +54,30 @@ class Catalog:
     def measurement(self, bucket: str, name: str) -> MeasurementInfo | None:
         return self.measurements.get((bucket, name))
 
+    def visible_measurement(self, bucket: str, name: str) -> MeasurementInfo | None:
+        m = self.measurements.get((bucket, name))
+        return m if m is not None and m.committed else None
+
     def add_measurement(self, bucket: str, name: str) -> MeasurementInfo:
-        info = MeasurementInfo(bucket=bucket, name=name, table=f"m{self.next_table}")
+        info = MeasurementInfo(
+            bucket=bucket, name=name, table=f"m{self.next_table}", committed=False
+        )
         self.next_table += 1
         self.measurements[(bucket, name)] = info
         return info
 
-    def add_series(self, m: MeasurementInfo, tagset: str) -> int:
+    def allocate_series_id(self) -> int:
         sid = self.next_series_id
         self.next_series_id += 1
-        self.register_series(m, sid, tagset)
         return sid
 
     def register_series(self, m: MeasurementInfo, sid: int, tagset: str) -> None:
-        m.series[tagset] = sid
+        # info first, then the tag-set map readers search: a reader never finds an id
+        # it cannot describe
         self.series_info[sid] = SeriesInfo(
             id=sid, bucket=m.bucket, measurement=m.name, tags=parse_tagset(tagset)
         )
+        m.series[tagset] = sid
         self.next_series_id = max(self.next_series_id, sid + 1)
 
     def matching_series(
@@ -69,6 +87,8 @@ class Catalog:
         found: list[SeriesInfo] = []
         for (b, name), m in list(self.measurements.items()):
             if b != bucket or (measurement is not None and name != measurement):
+                continue
+            if not m.committed:
                 continue
             for sid in list(m.series.values()):
                 info = self.series_info[sid]
@@ -80,4 +100,5 @@ class Catalog:
         return self.matching_series(bucket, None, {DEVICE_TAG: [device]})
 
     def bucket_tables(self, bucket: str) -> list[MeasurementInfo]:
-        return [m for (b, _), m in list(self.measurements.items()) if b == bucket]
+        """Committed measurements of a bucket."""
+        return [m for (b, _), m in list(self.measurements.items()) if b == bucket and m.committed]

@@ -26,11 +26,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from motes.telemetry.models import FieldType, TelemetryError
-from motes.telemetry.store.catalog import Catalog, MeasurementInfo
+from motes.telemetry.models import FieldType, PointError, TelemetryError
+from motes.telemetry.store.catalog import Catalog, FieldInfo, MeasurementInfo
+from motes.telemetry.store.duckdb_load import load
 from motes.telemetry.store.duckdb_read import Reader
 from motes.telemetry.store.duckdb_write import TableBatch, build_batches
-from motes.telemetry.store.latest import LatestCache
 from motes.telemetry.store.protocol import (
     Aggregation,
     LatestRows,
@@ -97,73 +97,22 @@ class DuckDBStore:
         self._db.execute("USE motes")
         self._db.execute(SCHEMA)
         self._local = threading.local()
-        self.catalog = Catalog()
-        self.latest_values = LatestCache()
-        self._max_time = np.full(1024, NO_TIME, dtype=np.int64)
-        self._hot_rows: dict[str, int] = {}
-        self._load_catalog()
-        self._load_latest()
-        self.reader = Reader(self._cursor, self.catalog)
+        self._pending: list[MeasurementInfo | FieldInfo] = []
+        self._dropped: set[str] = set()
+        self._reload()
+        self.reader = Reader(self._cursor, lambda: self._state.catalog)
 
-    # -- catalog --------------------------------------------------------------------------
+    # -- catalog ------------------------------------------------------------------------
 
-    def _load_catalog(self) -> None:
-        self.catalog = Catalog()
-        rows = self._db.execute("SELECT bucket, name, tbl FROM motes_measurements").fetchall()
-        for bucket, name, tbl in rows:
-            m = MeasurementInfo(bucket=bucket, name=name, table=tbl)
-            self.catalog.measurements[(bucket, name)] = m
-            self.catalog.next_table = max(self.catalog.next_table, int(tbl[1:]) + 1)
-        by_table = {m.table: m for m in self.catalog.measurements.values()}
-        for tbl, name, typ, col in self._db.execute(
-            "SELECT tbl, name, type, col FROM motes_fields ORDER BY tbl, col"
-        ).fetchall():
-            from motes.telemetry.store.catalog import FieldInfo
+    @property
+    def catalog(self) -> Catalog:
+        return self._state.catalog
 
-            by_table[tbl].fields[name] = FieldInfo(name=name, type=typ, column=col)
-        for sid, tbl, tagset in self._db.execute(
-            "SELECT id, tbl, tagset FROM motes_series"
-        ).fetchall():
-            self.catalog.register_series(by_table[tbl], int(sid), tagset)
-        for m in self.catalog.measurements.values():
-            hot = self._db.execute(f"SELECT count(*) FROM {m.table}_hot").fetchall()[0]
-            self._hot_rows[m.table] = int(hot[0]) if hot else 0
-        if self.reader_ready():
-            self.reader.catalog = self.catalog
-
-    def reader_ready(self) -> bool:
-        return hasattr(self, "reader")
-
-    def _load_latest(self) -> None:
-        """Rebuild newest time per series and latest value per field from the tables."""
-        self.latest_values = LatestCache()
-        self._max_time = np.full(max(1024, self.catalog.next_series_id * 2), NO_TIME, np.int64)
-        for m in self.catalog.measurements.values():
-            for sid in sorted(m.series.values()):
-                self.latest_values.register(m.table, sid)
-            cols = list(m.fields.values())
-            if not cols:
-                continue
-            parts = ", ".join(
-                f"max(time) FILTER (WHERE {f.column} IS NOT NULL) AS t{i}, "
-                f"arg_max({f.column}, time) FILTER (WHERE {f.column} IS NOT NULL) AS v{i}"
-                for i, f in enumerate(cols)
-            )
-            table = self._db.sql(
-                f"SELECT series, max(time) AS newest, {parts} FROM {m.table}_all GROUP BY series"
-            ).to_arrow_table()
-            sids = table.column("series").to_numpy().astype(np.int64)
-            if not len(sids):
-                continue
-            self._grow(int(sids.max()))
-            self._max_time[sids] = table.column("newest").to_numpy()
-            for i, f in enumerate(cols):
-                times = table.column(f"t{i}").combine_chunks()
-                held = np.asarray(times.is_valid())
-                values = table.column(f"v{i}").combine_chunks().filter(pa.array(held))
-                self.latest_values.update(
-                    m.table, f.name, sids[held], times.to_numpy(zero_copy_only=False)[held], values
-                )
+    def _reload(self) -> None:
+        loaded = load(self._db)
+        self._max_time = loaded.max_time
+        self._hot_rows = loaded.hot_rows
+        self._state = loaded.state  # one assignment: readers see the old state or the new
 
     def _grow(self, sid: int) -> None:
         if sid >= len(self._max_time):
@@ -183,19 +132,24 @@ class DuckDBStore:
         )
         self._db.execute("INSERT INTO motes_measurements VALUES (?, ?, ?)", [bucket, name, t])
         self._hot_rows[t] = 0
+        self._pending.append(m)
         return m
 
     def _add_field(self, m: MeasurementInfo, name: str, typ: FieldType) -> None:
-        from motes.telemetry.store.catalog import FieldInfo
-
         col = m.next_column()
         for table in (m.table, f"{m.table}_hot"):
             self._db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {SQL_TYPES[typ]}")
         self._db.execute("INSERT INTO motes_fields VALUES (?, ?, ?, ?)", [m.table, name, typ, col])
-        m.fields[name] = FieldInfo(name=name, type=typ, column=col)
+        info = m.fields[name] = FieldInfo(name=name, type=typ, column=col, committed=False)
+        self._pending.append(info)
 
     def _add_series(self, m: MeasurementInfo, tagsets: list[str]) -> None:
-        ids = [self.catalog.add_series(m, ts) for ts in tagsets]
+        ids = [self.catalog.allocate_series_id() for _ in tagsets]
+        self._grow(max(ids))
+        for sid, tagset in zip(ids, tagsets, strict=True):
+            # the latest-value slot exists before any reader can find the series
+            self._state.latest.register(m.table, sid)
+            self.catalog.register_series(m, sid, tagset)
         rows = pa.table(
             {
                 "id": pa.array(ids, pa.uint64()),
@@ -208,18 +162,16 @@ class DuckDBStore:
             self._db.execute("INSERT INTO motes_series SELECT * FROM new_series")
         finally:
             self._db.unregister("new_series")
-        self._grow(max(ids))
-        for sid in ids:
-            self.latest_values.register(m.table, sid)
 
     # -- writes ---------------------------------------------------------------------------
 
     def write(self, requests: Sequence[WriteRequest]) -> list[WriteOutcome]:
         """Store all requests in one transaction (one fsync), then update latest values."""
+        live = [r for r in requests if r.bucket not in self._dropped]
         try:
             self._db.execute("BEGIN")
             outcomes, batches = build_batches(
-                requests,
+                live,
                 self.catalog,
                 create_measurement=self._create_measurement,
                 add_field=self._add_field,
@@ -234,15 +186,23 @@ class DuckDBStore:
         except BaseException:
             self._rollback()
             raise
+        for item in self._pending:
+            item.committed = True  # their tables and columns now exist for every reader
+        self._pending.clear()
         for batch in batches:
             self._after_commit(batch)
-        return outcomes
+        done = iter(outcomes)
+        gone = PointError(None, "the bucket was deleted while this write was queued")
+        return [
+            next(done) if r.bucket not in self._dropped else WriteOutcome(errors=[gone])
+            for r in requests
+        ]
 
     def _rollback(self) -> None:
         with contextlib.suppress(duckdb.Error):
             self._db.execute("ROLLBACK")
-        self._load_catalog()
-        self._load_latest()
+        self._pending.clear()
+        self._reload()
 
     def _append(self, batch: TableBatch) -> None:
         m = batch.measurement
@@ -255,14 +215,16 @@ class DuckDBStore:
             try:
                 self._merge(m, cols)
             finally:
-                self._db.unregister("incoming")
+                with contextlib.suppress(duckdb.Error):  # keep the original error
+                    self._db.unregister("incoming")
         else:
             # one call into DuckDB: each call costs GIL round trips under load
             self._db.register("incoming", table)
             try:
                 self._db.execute(f"INSERT INTO {m.table}_hot SELECT * FROM incoming")
             finally:
-                self._db.unregister("incoming")
+                with contextlib.suppress(duckdb.Error):  # keep the original error
+                    self._db.unregister("incoming")
         self._hot_rows[m.table] = self._hot_rows.get(m.table, 0) + len(table)
 
     def _merge(self, m: MeasurementInfo, cols: list[str]) -> None:
@@ -307,7 +269,7 @@ class DuckDBStore:
                 continue
             s = batch.series[idx]
             last = idx[np.r_[s[1:] != s[:-1], True]]  # rows are sorted by (series, time)
-            self.latest_values.update(
+            self._state.latest.update(
                 batch.measurement.table,
                 names[column],
                 batch.series[last].astype(np.int64),
@@ -346,7 +308,12 @@ class DuckDBStore:
             self._db.execute("ROLLBACK")
             raise StoreUnavailable(f"compaction failed: {exc}") from exc
         self._hot_rows[table] = 0
-        self._db.execute("CHECKPOINT")
+        try:
+            self._db.execute("CHECKPOINT")
+        except duckdb.Error as exc:
+            # readers hold transactions open; the next idle compaction or the automatic
+            # checkpoint writes the data file instead
+            log.debug("checkpoint after compaction deferred: %s", exc)
 
     def checkpoint(self) -> None:
         self._db.execute("CHECKPOINT")
@@ -361,8 +328,8 @@ class DuckDBStore:
                 self._db.execute(f"DELETE FROM {name} WHERE tbl = ?", [m.table])
         self._db.execute("DELETE FROM motes_measurements WHERE bucket = ?", [bucket])
         self._db.execute("COMMIT")
-        self._load_catalog()
-        self._load_latest()
+        self._dropped.add(bucket)
+        self._reload()
 
     def enforce_retention(self, bucket: str, cutoff_ns: int) -> int:
         """Delete a bucket's points older than ``cutoff_ns``; returns rows removed."""
@@ -373,6 +340,8 @@ class DuckDBStore:
                     f"DELETE FROM {table} WHERE {TIME} < ? RETURNING 1", [cutoff_ns]
                 ).fetchall()
                 removed += len(row)
+        if removed:
+            self._reload()  # latest values and newest times may have been among them
         return removed
 
     # -- reads ----------------------------------------------------------------------------
@@ -389,8 +358,8 @@ class DuckDBStore:
         return self.catalog.matching_series(bucket, measurement, tags)
 
     def field_types(self, bucket: str, measurement: str) -> dict[str, FieldType]:
-        m = self.catalog.measurement(bucket, measurement)
-        return {} if m is None else {f.name: f.type for f in m.fields.values()}
+        m = self.catalog.visible_measurement(bucket, measurement)
+        return {} if m is None else {f.name: f.type for f in m.visible_fields()}
 
     def measurements(self, bucket: str) -> list[str]:
         return sorted(m.name for m in self.catalog.bucket_tables(bucket))
@@ -403,13 +372,14 @@ class DuckDBStore:
     def latest(
         self, bucket: str, measurement: str | None, tags: dict[str, list[str]]
     ) -> list[LatestRows]:
+        state = self._state
         out = []
-        for m in self.catalog.bucket_tables(bucket):
+        for m in state.catalog.bucket_tables(bucket):
             if measurement is not None and m.name != measurement:
                 continue
-            series = self.catalog.matching_series(bucket, m.name, tags)
+            series = state.catalog.matching_series(bucket, m.name, tags)
             if series:
-                out.append(self.latest_values.rows(m.table, series))
+                out.append(state.latest.rows(m.table, series))
         return out
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from motes.telemetry.models import QueryError
+from motes.telemetry.models import QueryError, UnknownMeasurement
 from motes.telemetry.store.catalog import Catalog, FieldInfo, MeasurementInfo
 from motes.telemetry.store.protocol import Aggregation, Selection, SeriesInfo
 
@@ -33,16 +33,19 @@ Result = list[tuple[dict[str, str], pa.Table]]
 
 
 class Reader:
-    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection], catalog: Catalog) -> None:
+    def __init__(
+        self, cursor: Callable[[], duckdb.DuckDBPyConnection], catalog: Callable[[], Catalog]
+    ) -> None:
         self._cursor = cursor
-        self.catalog = catalog
+        self._catalog = catalog
 
     def read(self, sel: Selection, agg: Aggregation | None, limit: int | None) -> Result:
-        m = self.catalog.measurement(sel.bucket, sel.measurement)
+        catalog = self._catalog()
+        m = catalog.visible_measurement(sel.bucket, sel.measurement)
         if m is None:
-            return []
+            raise UnknownMeasurement(f'measurement "{sel.measurement}" not found')
         fields = _fields(m, sel.fields, agg)
-        series = self.catalog.matching_series(sel.bucket, sel.measurement, sel.tags)
+        series = catalog.matching_series(sel.bucket, sel.measurement, sel.tags)
         if not series or not fields:
             return []
         group_by = agg.group_by if agg is not None else None
@@ -71,6 +74,7 @@ class Reader:
                     "stop_s": (sel.stop - 1) // 1_000_000_000,
                 },
             ).to_arrow_table()
+            # positional names: a field may itself be called "gid"
             table = table.rename_columns(["gid", "time", *(f.name for f in fields)])
         finally:
             if group_by is not None:
@@ -79,10 +83,11 @@ class Reader:
 
 
 def _fields(m: MeasurementInfo, names: tuple[str, ...], agg: Aggregation | None) -> list[FieldInfo]:
+    visible = {f.name: f for f in m.visible_fields()}
     for name in names:
-        if name not in m.fields:
+        if name not in visible:
             raise QueryError(f'field "{name}" not found in measurement "{m.name}"')
-    chosen = [m.fields[n] for n in names] if names else list(m.fields.values())
+    chosen = [visible[n] for n in names] if names else list(visible.values())
     if agg is None or agg.fn not in NUMERIC_ONLY:  # raw reads and order-only aggregates
         return chosen
     if names:
@@ -133,7 +138,7 @@ def _sql(
             f"{qualify} ORDER BY gid, time"
         )
     every = int(agg.every)
-    window = f"time - (((time % {every}) + {every}) % {every})"
+    window = f"time - (((time % {every}) + {every}) % {every})" if every else "$start::BIGINT"
     aggs = ", ".join(_aggregate(agg.fn, f) for f in fields)
     inner = (
         f"SELECT {gid} AS gid, {window} AS w, time AS t, {cols} "
@@ -156,12 +161,14 @@ def _aggregate(fn: str, f: FieldInfo) -> str:
 def _split(table: pa.Table, groups: dict[int, dict[str, str]]) -> Result:
     if table.num_rows == 0:
         return []
-    gid = table.column("gid").to_numpy()
+    gid = table.column(0).to_numpy()
     cuts = np.flatnonzero(gid[1:] != gid[:-1]) + 1
     starts = np.r_[0, cuts]
     ends = np.r_[cuts, len(gid)]
-    body = table.drop_columns(["gid"])
+    body = table.remove_column(0)
+    # a series committed after this read took its catalog snapshot is not in ``groups``
     return [
         (groups[int(gid[s])], body.slice(int(s), int(e - s)))
         for s, e in zip(starts, ends, strict=True)
+        if int(gid[s]) in groups
     ]

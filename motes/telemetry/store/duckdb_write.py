@@ -68,11 +68,14 @@ def build_batches(
         outcome = WriteOutcome()
         for frame in req.frames:
             m = catalog.measurement(req.bucket, frame.measurement)
+            frame = _check_types(frame, m, outcome)
+            if len(frame) == 0:
+                continue  # nothing survived: no measurement or field is created for it
             if m is None:
                 m = create_measurement(req.bucket, frame.measurement)
-            frame = _check_types(frame, m, add_field, outcome)
-            if len(frame) == 0:
-                continue
+            for name, col in frame.fields.items():
+                if name not in m.fields:
+                    add_field(m, name, field_type_of(col.type))
             ids = _series_ids(frame, m, add_series)
             columns = {"series": pa.array(ids, pa.uint32()), "time": frame.time.cast(pa.int64())}
             for name, col in frame.fields.items():
@@ -85,18 +88,13 @@ def build_batches(
     return outcomes, batches
 
 
-def _check_types(
-    frame: Frame, m: MeasurementInfo, add_field: AddField, outcome: WriteOutcome
-) -> Frame:
-    """Fix new fields' types; drop (and report) rows whose values conflict with stored types."""
+def _check_types(frame: Frame, m: MeasurementInfo | None, outcome: WriteOutcome) -> Frame:
+    """Drop (and report) rows whose values conflict with stored field types."""
     bad = np.zeros(len(frame), dtype=bool)
     for name, col in list(frame.fields.items()):
         incoming = field_type_of(col.type)
-        known = m.fields.get(name)
-        if known is None:
-            add_field(m, name, incoming)
-            continue
-        if known.type == incoming:
+        known = None if m is None else m.fields.get(name)
+        if known is None or known.type == incoming:
             continue
         if known.type == "float" and incoming in ("integer", "unsigned") and frame.coerce_numbers:
             frame.fields[name] = col.cast(pa.float64())
@@ -107,7 +105,7 @@ def _check_types(
             outcome.errors.append(
                 PointError(
                     line,
-                    f'field type conflict: field "{name}" of measurement "{m.name}" '
+                    f'field type conflict: field "{name}" of measurement "{frame.measurement}" '
                     f"is {known.type}, got {incoming}",
                 )
             )

@@ -31,22 +31,10 @@ def _numpy_values(values: pa.Array) -> np.ndarray:
 
 @dataclass
 class _Column:
-    times: np.ndarray
-    values: np.ndarray
+    """One field's (times, values), replaced whole by the writer: a reader takes the pair
+    once and never sees a time from one commit with a value from another."""
 
-    def grow(self, size: int) -> None:
-        if size <= len(self.times):
-            return
-        size = max(size, 2 * len(self.times), 64)
-        times = np.full(size, NO_TIME, np.int64)
-        times[: len(self.times)] = self.times
-        values = (
-            np.zeros(size, self.values.dtype)
-            if self.values.dtype != object
-            else np.full(size, None, object)
-        )
-        values[: len(self.values)] = self.values
-        self.times, self.values = times, values
+    data: tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -55,13 +43,19 @@ class _Table:
     columns: dict[str, _Column] = field(default_factory=dict)
 
 
+def _grown(array: np.ndarray, size: int, fill: object) -> np.ndarray:
+    out = np.full(max(size, 64), fill, array.dtype)
+    out[: len(array)] = array
+    return out
+
+
 class LatestCache:
     def __init__(self) -> None:
         self._local = np.full(1024, -1, np.int64)
         self._tables: dict[str, _Table] = {}
 
     def register(self, table: str, sid: int) -> None:
-        """Give a new series its slot in its table."""
+        """Give a new series its slot in its table (before readers can find the series)."""
         if sid >= len(self._local):
             grown = np.full(max(sid + 1, 2 * len(self._local)), -1, np.int64)
             grown[: len(self._local)] = self._local
@@ -79,12 +73,16 @@ class LatestCache:
         col = t.columns.get(name)
         if col is None:
             empty = np.full(0, None, object) if vals.dtype == object else np.zeros(0, vals.dtype)
-            col = t.columns[name] = _Column(np.full(0, NO_TIME, np.int64), empty)
-        col.grow(t.size)
+            col = t.columns[name] = _Column((np.full(0, NO_TIME, np.int64), empty))
+        old_times, old_values = col.data
+        # copy on write: readers may be holding the old arrays
+        new_times = _grown(old_times, t.size, NO_TIME)
+        new_values = _grown(old_values, t.size, None if vals.dtype == object else 0)
         local = self._local[sids]
-        newer = times >= col.times[local]
-        col.times[local[newer]] = times[newer]
-        col.values[local[newer]] = vals[newer]
+        newer = times >= new_times[local]
+        new_times[local[newer]] = times[newer]
+        new_values[local[newer]] = vals[newer]
+        col.data = (new_times, new_values)
 
     def rows(self, table: str, series: Sequence[SeriesInfo]) -> LatestRows:
         t = self._tables.get(table)
@@ -92,10 +90,11 @@ class LatestCache:
             return LatestRows(list(series), {})
         local = self._local[np.fromiter((s.id for s in series), np.int64, len(series))]
         fields: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for name in sorted(t.columns):
-            col = t.columns[name]
-            col.grow(t.size)
-            times = col.times[local]
-            if (times != NO_TIME).any():
-                fields[name] = (times, col.values[local])
+        for name, col in sorted(list(t.columns.items())):
+            times, values = col.data
+            inside = (local >= 0) & (local < len(times))  # slots newer than this column's arrays
+            picked = np.where(inside, local, 0)
+            got = np.where(inside, times[picked] if len(times) else NO_TIME, NO_TIME)
+            if (got != NO_TIME).any():
+                fields[name] = (got, values[picked] if len(values) else np.full(len(local), None))
         return LatestRows(list(series), fields)

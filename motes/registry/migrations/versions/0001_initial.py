@@ -40,6 +40,7 @@ def upgrade() -> None:
     op.create_table(
         "devices",
         sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), primary_key=True),
+        sa.Column("bucket_id", sa.String(32), primary_key=True),
         sa.Column("device", sa.String(256), primary_key=True),
         sa.Column("attributes", sa.JSON, nullable=False),
         sa.Column("attributes_updated_ns", sa.BigInteger),
@@ -49,12 +50,15 @@ def upgrade() -> None:
         "device_attribute_history",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("org_id", sa.String(32), nullable=False),
+        sa.Column("bucket_id", sa.String(32), nullable=False),
         sa.Column("device", sa.String(256), nullable=False),
         sa.Column("time_ns", sa.BigInteger, nullable=False),
         sa.Column("attributes", sa.JSON, nullable=False),
     )
     op.create_index(
-        "ix_device_history", "device_attribute_history", ["org_id", "device", "time_ns"]
+        "ix_device_history",
+        "device_attribute_history",
+        ["org_id", "bucket_id", "device", "time_ns"],
     )
     op.create_table(
         "measurement_schemas",
