@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     init_bucket: str = Field("telemetry", description="Name of the bucket created on first start.")
     init_token: str | None = Field(
         None,
-        description="Operator token created on first start; generated and printed once if unset.",
+        description=(
+            "Operator token created on first start (16 characters or more); "
+            "generated and printed once if unset."
+        ),
     )
     registry_url: str | None = Field(
         None,

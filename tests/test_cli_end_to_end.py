@@ -31,14 +31,38 @@ def test_write_file_query_and_report_rejected_lines(server: ServerProcess, tmp_p
     lines[1234] = "env,device=d1 temp=broken 1700000000"
     data = tmp_path / "readings.lp"
     data.write_text("\n".join(lines) + "\n")
-    out = motes(server, "write", "-f", str(data), "--bucket", "telemetry", "--precision", "s",
-                "--batch-size", "500")  # fmt: skip
+    out = motes(
+        server,
+        "write",
+        "-f",
+        str(data),
+        "--bucket",
+        "telemetry",
+        "--precision",
+        "s",
+        "--batch-size",
+        "500",
+    )
     assert out.returncode == 1, out.stdout + out.stderr  # a line was rejected, as influx write
     report = (tmp_path / "readings.lp.rejected").read_text()
     assert "# line 1235:" in report and "temp=broken" in report
-    out = motes(server, "query", "--bucket", "telemetry", "--measurement", "env", "--tag",
-                "device=d0", "--start", "2023-11-14T00:00:00Z", "--every", "1d", "--fn", "count",
-                "--json")  # fmt: skip
+    out = motes(
+        server,
+        "query",
+        "--bucket",
+        "telemetry",
+        "--measurement",
+        "env",
+        "--tag",
+        "device=d0",
+        "--start",
+        "2023-11-14T00:00:00Z",
+        "--every",
+        "1d",
+        "--fn",
+        "count",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     (table,) = json.loads(out.stdout)["tables"]
     assert sum(count for _, count in table["values"]) == 1000  # every d0 line is stored

@@ -28,8 +28,15 @@ def test_extreme_timestamps_are_refused_and_restart_still_works(settings: Settin
         r = write(client, b"env,device=a temp=1 -9223372036854775000\nenv,device=a temp=2 5\n")
         assert r.status_code == 400 and r.json()["errors"][0]["line"] == 1
         assert "out of range" in r.json()["errors"][0]["message"]
-        big = client.get("/api/v1/query", params={"bucket": "telemetry", "measurement": "env",
-                                                  "start": "-9223372036854", "every": "1000d"})  # fmt: skip
+        big = client.get(
+            "/api/v1/query",
+            params={
+                "bucket": "telemetry",
+                "measurement": "env",
+                "start": "-9223372036854",
+                "every": "1000d",
+            },
+        )
         assert big.status_code == 200
     with TestClient(create_app(settings), headers=AUTH) as client:  # the store reopens
         assert client.get("/health").status_code == 200
@@ -40,8 +47,10 @@ def test_reserved_and_tricky_names(client: TestClient) -> None:
         client, b"a1,device=d time=1.5 1\na1,time=x,device=d f=1 2\na1,device=d gid=2,f=3 3\n"
     )
     assert r.status_code == 400 and [e["line"] for e in r.json()["errors"]] == [1, 2]
-    q = client.get("/api/v1/query", params={"bucket": "telemetry", "measurement": "a1", "start": "0",
-                                            "epoch": "ns"})  # fmt: skip
+    q = client.get(
+        "/api/v1/query",
+        params={"bucket": "telemetry", "measurement": "a1", "start": "0", "epoch": "ns"},
+    )
     assert q.status_code == 200
     assert q.json()["tables"][0]["columns"] == ["time", "f", "gid"]
     assert q.json()["tables"][0]["values"] == [[3, 3.0, 2.0]]
@@ -71,12 +80,14 @@ def test_concatenated_gzip_members_are_all_read(client: TestClient) -> None:
         {"every": "15000w", "fn": "mean"},
         {"every": "100000000000w"},
         {"fn": "last", "every": "1h", "fill": "0", "field": "s"},
-    ],  # fmt: skip
+    ],
 )
 def test_odd_query_parameters_are_400_not_500(client: TestClient, params: dict[str, str]) -> None:
     write(client, b'odd,device=d s="text" 1\n')
-    r = client.get("/api/v1/query", params={"bucket": "telemetry", "measurement": "odd", "start": "0",
-                                            **params})  # fmt: skip
+    r = client.get(
+        "/api/v1/query",
+        params={"bucket": "telemetry", "measurement": "odd", "start": "0", **params},
+    )
     assert r.status_code == 400, r.text
     r = client.get("/api/v1/devices/d/telemetry", params={"from": "²"})
     assert r.status_code == 400
@@ -160,8 +171,10 @@ def test_device_records_follow_bucket_permissions(client: TestClient) -> None:
         client.post("/api/v1/devices/sec/telemetry", content=body, headers=hdr).status_code == 204
     )
     other = client.post("/api/v1/buckets", json={"name": "b2"}).json()
-    token = client.post("/api/v1/tokens", json={"permissions": [f"read:buckets/{other['id']}",
-                                                                 f"write:buckets/{other['id']}"]})  # fmt: skip
+    token = client.post(
+        "/api/v1/tokens",
+        json={"permissions": [f"read:buckets/{other['id']}", f"write:buckets/{other['id']}"]},
+    )
     scoped = {"Authorization": f"Token {token.json()['token']}"}
     seen = client.get("/api/v1/devices/sec?bucket=b2", headers=scoped)
     assert seen.status_code == 404  # the record in "telemetry" is not visible through b2
