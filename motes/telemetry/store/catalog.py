@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from motes.telemetry.models import DEVICE_TAG, FieldType, parse_tagset
+from motes.telemetry.models import FieldType, parse_tagset
 from motes.telemetry.store.protocol import SeriesInfo
 
 
@@ -34,6 +34,8 @@ class MeasurementInfo:
     table: str
     fields: dict[str, FieldInfo] = field(default_factory=dict)
     series: dict[str, int] = field(default_factory=dict)  # tagset -> series id
+    # tag key -> value -> series ids, so a tag filter needs no scan of every series
+    index: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     committed: bool = True
 
     def next_column(self) -> str:
@@ -74,9 +76,11 @@ class Catalog:
     def register_series(self, m: MeasurementInfo, sid: int, tagset: str) -> None:
         # info first, then the tag-set map readers search: a reader never finds an id
         # it cannot describe
-        self.series_info[sid] = SeriesInfo(
+        info = self.series_info[sid] = SeriesInfo(
             id=sid, bucket=m.bucket, measurement=m.name, tags=parse_tagset(tagset)
         )
+        for key, value in info.tags.items():
+            m.index.setdefault(key, {}).setdefault(value, []).append(sid)
         m.series[tagset] = sid
         self.next_series_id = max(self.next_series_id, sid + 1)
 
@@ -90,15 +94,22 @@ class Catalog:
                 continue
             if not m.committed:
                 continue
-            for sid in list(m.series.values()):
-                info = self.series_info[sid]
-                if all(info.tags.get(k) in vals for k, vals in tags.items()):
-                    found.append(info)
+            found.extend(self.series_info[sid] for sid in _matching_ids(m, tags))
         return found
-
-    def device_series(self, bucket: str, device: str) -> list[SeriesInfo]:
-        return self.matching_series(bucket, None, {DEVICE_TAG: [device]})
 
     def bucket_tables(self, bucket: str) -> list[MeasurementInfo]:
         """Committed measurements of a bucket."""
         return [m for (b, _), m in list(self.measurements.items()) if b == bucket and m.committed]
+
+
+def _matching_ids(m: MeasurementInfo, tags: dict[str, list[str]]) -> list[int]:
+    if not tags:
+        return sorted(list(m.series.values()))
+    chosen: set[int] | None = None
+    for key, values in tags.items():
+        by_value = m.index.get(key, {})
+        ids = {sid for v in values for sid in list(by_value.get(v, ()))}
+        chosen = ids if chosen is None else chosen & ids
+        if not chosen:
+            return []
+    return sorted(chosen or ())
