@@ -7,6 +7,7 @@ uvicorn.run(app)      # or motes.server.serve(settings)
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -116,6 +117,10 @@ def _open(app: Starlette, settings: Settings) -> None:
     writer.start()
     app.state.registry = registry
     app.state.telemetry = service
+    # everything loaded so far lives as long as the process: keep the collector from
+    # walking it again on every full collection (those pauses showed as p99 latency)
+    gc.collect()
+    gc.freeze()
     app.state.ready = True
 
 
