@@ -136,6 +136,7 @@ def _announce_token(settings: Settings, token: str) -> None:
 
 def _close(app: Starlette) -> None:
     app.state.ready = False
+    gc.unfreeze()  # let interpreter shutdown release them cleanly
     service: TelemetryService | None = getattr(app.state, "telemetry", None)
     if service is not None:
         service.writer.stop()
