@@ -23,7 +23,7 @@ from motes.registry import api as registry_api
 from motes.registry.service import Registry
 from motes.settings import Settings
 from motes.telemetry import api as telemetry_api
-from motes.telemetry import query_api
+from motes.telemetry import influxql, query_api
 from motes.telemetry.service import TelemetryService
 from motes.telemetry.store.duckdb import DuckDBStore
 from motes.telemetry.writer import GroupCommitWriter
@@ -63,6 +63,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/ping", ping, methods=["GET", "HEAD"]),
         *telemetry_api.routes,
         *query_api.routes,
+        *influxql.routes,
         *registry_api.routes,
     ]
     app = Starlette(

@@ -292,3 +292,15 @@ def test_schema_rejects_breaking_writes(client: TestClient) -> None:
     assert r.status_code == 400 and len(r.json()["errors"]) == 2
     fields = client.get("/api/v1/buckets/telemetry/measurements/weather/fields").json()["fields"]
     assert fields == [{"name": "temp", "type": "float", "unit": "Cel"}]
+
+
+def test_influxdb_v1_clients_can_create_and_list_databases(client: TestClient) -> None:
+    r = client.post("/query", data={"q": 'CREATE DATABASE "telegraf"'})
+    assert r.status_code == 200 and r.json() == {"results": [{"statement_id": 0}]}
+    assert client.post("/query?q=CREATE DATABASE telegraf").status_code == 200  # exists: fine
+    shown = client.get("/query", params={"q": "SHOW DATABASES"}).json()
+    names = [row[0] for row in shown["results"][0]["series"][0]["values"]]
+    assert sorted(names) == ["telegraf", "telemetry"]
+    assert client.post("/write?db=telegraf", content=b"cpu,host=a usage=1 1").status_code == 204
+    r = client.get("/query", params={"q": "SELECT * FROM cpu"})
+    assert r.status_code == 400 and "/api/v1/query" in r.json()["message"]
