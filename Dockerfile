@@ -1,6 +1,6 @@
 # Motes on its embedded engines: one container, data in /data.
 #   docker build -t motes .
-#   docker run -p 8086:8086 -v motes-data:/data -e MOTES_INIT_TOKEN=change-me motes
+#   docker run -p 8086:8086 -v motes-data:/data -e MOTES_INIT_TOKEN=<16+ characters> motes
 FROM python:3.11-slim
 
 WORKDIR /app

@@ -200,3 +200,62 @@ def test_environment_outranks_the_toml_file(
     settings = Settings.from_toml(config)
     assert (settings.http_port, settings.init_org) == (9000, "acme")
     assert Settings.from_toml(config, http_port=7000).http_port == 7000
+
+
+def test_many_tiny_gzip_members_cost_linear_time(client: TestClient) -> None:
+    import time
+
+    member = gzip.compress(b"")
+    body = member * (3_000_000 // len(member)) + gzip.compress(b"tiny,device=a f=1 1\n")
+    started = time.perf_counter()
+    r = write(client, body, **{"Content-Encoding": "gzip"})
+    assert r.status_code == 204
+    assert time.perf_counter() - started < 10  # quadratic re-slicing took minutes here
+
+
+def test_earliest_time_with_the_widest_window(client: TestClient) -> None:
+    from motes.telemetry.models import MIN_TIME_NS
+
+    assert write(client, f"old,device=a f=1 {MIN_TIME_NS}\n".encode()).status_code == 204
+    start = str(MIN_TIME_NS // 1_000_000 - 1)
+    for extra in ({}, {"fill": "null", "stop": str(MIN_TIME_NS // 1_000_000 + 10**9)}):
+        r = client.get(
+            "/api/v1/query",
+            params={
+                "bucket": "telemetry",
+                "measurement": "old",
+                "start": start,
+                "every": "1000d",
+                "fn": "count",
+                **extra,
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["tables"][0]["values"][0][1] == 1
+
+
+def test_huge_numbers_are_400(client: TestClient) -> None:
+    params = {"bucket": "telemetry", "measurement": "x", "limit": "9" * 40}
+    assert client.get("/api/v1/query", params=params).status_code == 400
+    r = client.post("/api/v1/buckets", json={"name": "y", "retention": "99999999999999999999d"})
+    assert r.status_code == 400
+
+
+def test_retention_forgets_latest_values_without_a_rebuild(client: TestClient) -> None:
+    store = client.app.state.telemetry.store  # type: ignore[attr-defined]
+    write(client, b"ret,device=a f=1 1000\nret,device=b f=2 5000000000000\n")
+    bucket = client.app.state.registry.bucket_by_name(  # type: ignore[attr-defined]
+        client.app.state.registry.org_by_name("main").id,
+        "telemetry",  # type: ignore[attr-defined]
+    )
+    assert store.enforce_retention(bucket.id, 2000) == 1
+    r = client.get("/api/v1/latest", params={"bucket": "telemetry", "measurement": "ret"})
+    assert [s["tags"]["device"] for s in r.json()["series"]] == ["b"]
+
+
+def test_short_init_token_is_ignored_once_set_up(settings: Settings) -> None:
+    with TestClient(create_app(settings), headers=AUTH):
+        pass
+    later = settings.model_copy(update={"init_token": "short"})
+    with TestClient(create_app(later), headers=AUTH) as client:  # starts: setup is done
+        assert client.get("/api/v1/buckets").status_code == 200

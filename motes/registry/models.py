@@ -131,17 +131,20 @@ class Forbidden(RegistryError):
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
+MAX_DURATION_SECONDS = 1000 * 365 * 86_400
+
+
 def parse_duration(text: str | int) -> int:
     """Seconds in an InfluxDB-style duration: ``parse_duration("1d12h") == 129600``; 0 = forever."""
     if isinstance(text, int):
-        if text < 0:
-            raise Invalid("duration must not be negative")
+        if not 0 <= text <= MAX_DURATION_SECONDS:
+            raise Invalid("duration must be from 0 to 1000 years")
         return text
     s = text.strip()
     if s in ("", "0", "inf", "infinite"):
         return 0
     if s.isascii() and s.isdigit():
-        return int(s)
+        return parse_duration(int(s))
     total, num = 0, ""
     for ch in s:
         if ch in "0123456789":
@@ -153,7 +156,7 @@ def parse_duration(text: str | int) -> int:
             raise Invalid(f'invalid duration "{text}": use e.g. 30d, 72h, 90m, 0 for forever')
     if num:
         raise Invalid(f'invalid duration "{text}": a number needs a unit (w, d, h, m, s)')
-    return total
+    return parse_duration(total)
 
 
 def format_duration(seconds: int) -> str:

@@ -99,9 +99,12 @@ class Registry:
 
         Returns the operator token when this call created it, else None.
         """
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(sa.func.count()).select_from(orgs)).scalar_one():
+                return None  # set up before: the init settings are not used again
         check_name("org", org)
         check_name("bucket", bucket)
-        if token is not None and len(token) < 16:
+        if token and len(token) < 16:
             raise Invalid("MOTES_INIT_TOKEN must be at least 16 characters")
         secret = token or secrets.token_urlsafe(32)
         now = _now_ns()
@@ -198,7 +201,7 @@ class Registry:
         return bucket
 
     def delete_bucket(self, bucket: Bucket) -> None:
-        with self.engine.begin() as conn:
+        with self._lock, self.engine.begin() as conn:
             for table in (devices, device_attribute_history):
                 conn.execute(table.delete().where(table.c.bucket_id == bucket.id))
             conn.execute(
@@ -299,6 +302,9 @@ class Registry:
         now = _now_ns()
         values = {"attributes": merged, "attributes_updated_ns": now, "last_seen_ns": now}
         with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(buckets.c.id).where(buckets.c.id == bucket_id))
+            if exists.first() is None:
+                return  # the bucket was deleted meanwhile: its records went with it
             updated = conn.execute(
                 devices.update().where(self._where(devices, key)).values(**values)
             ).rowcount

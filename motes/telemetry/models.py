@@ -36,6 +36,12 @@ ARROW_TYPES: dict[FieldType, pa.DataType] = {
 }
 PRECISION_NS: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 DEVICE_TAG = "device"
+#: Longest aggregate window a query may ask for.
+MAX_EVERY_NS = 1000 * 86_400_000_000_000
+#: Times Motes stores (about 1680-06 to 2262-04): int64 nanoseconds, less room for window
+#: arithmetic (a window start is a time minus up to one window).
+MIN_TIME_NS = -(2**63) + MAX_EVERY_NS
+MAX_TIME_NS = 2**63 - 2
 MAX_NAME_LENGTH = 256
 
 

@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from motes.telemetry.models import QueryError
+from motes.telemetry.models import MAX_EVERY_NS, MIN_TIME_NS, QueryError
+
+__all__ = ["MAX_EVERY_NS", "MAX_NS", "MIN_NS"]
 
 _DURATION = re.compile(r"(\d+)(ns|us|µs|ms|s|m|h|d|w)")
 _NS = {
@@ -30,9 +32,11 @@ _NS = {
 }
 EPOCHS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 MAX_NS = 2**63 - 1
-MIN_NS = -9_200_000_000_000_000_000  # the earliest time Motes stores (1678-06)
-MAX_EVERY_NS = 1000 * 86_400_000_000_000
+MIN_NS = MIN_TIME_NS  # the earliest time Motes stores
 _INT = re.compile(r"-?[0-9]+")  # str.isdigit() also accepts "²", which int() refuses
+
+
+MAX_LIMIT = 2**31 - 1
 
 
 def _clamp(ns: int) -> int:
@@ -126,6 +130,6 @@ def check_epoch(epoch: str | None) -> str | None:
 def positive_int(name: str, text: str | None) -> int | None:
     if text is None or text == "":
         return None
-    if not _INT.fullmatch(text) or int(text) <= 0:
-        raise QueryError(f'{name} must be a positive integer, got "{text}"')
+    if not _INT.fullmatch(text) or not 0 < int(text) <= MAX_LIMIT:
+        raise QueryError(f'{name} must be an integer from 1 to {MAX_LIMIT}, got "{text}"')
     return int(text)

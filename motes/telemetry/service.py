@@ -18,6 +18,8 @@ import pyarrow.compute as pc
 
 from motes.registry.models import Bucket, MeasurementSchema
 from motes.telemetry.models import (
+    MAX_TIME_NS,
+    MIN_TIME_NS,
     Decoded,
     Frame,
     PointError,
@@ -38,9 +40,7 @@ from motes.telemetry.writer import GroupCommitWriter
 
 SchemaLookup = Callable[[str, str], MeasurementSchema | None]
 FLEET_FNS = ("sum", "mean", "min", "max", "count")
-# The range Motes stores: inside int64 nanoseconds with room for window arithmetic.
-MIN_TIME = -9_200_000_000_000_000_000
-MAX_TIME = 9_223_372_036_854_775_806
+MIN_TIME, MAX_TIME = MIN_TIME_NS, MAX_TIME_NS
 
 
 @dataclass
@@ -193,7 +193,7 @@ def _check_time_range(frame: Frame, errors: list[PointError]) -> Frame:
     bad = (times < MIN_TIME) | (times > MAX_TIME)
     if not bad.any():
         return frame
-    _report(frame, bad, "timestamp out of range: Motes keeps times from 1678-06 to 2262-04", errors)
+    _report(frame, bad, "timestamp out of range: Motes keeps times from 1680-06 to 2262-04", errors)
     return frame.take(pa.array(np.flatnonzero(~bad)))
 
 

@@ -15,12 +15,13 @@ the store has exactly one writer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from motes.telemetry.models import Overloaded
@@ -94,7 +95,12 @@ class GroupCommitWriter:
                 self._cond.wait(self._idle_seconds)
             items = list(self._queue)
             self._queue.clear()
-            return items
+            # from here a request can no longer be cancelled; one cancelled before (its
+            # client gave up) is dropped unwritten: it was never acknowledged
+            taken = [i for i in items if i[2].set_running_or_notify_cancel()]
+            dropped = sum(points for _, points, fut in items if fut.cancelled())
+            self._queued_points -= dropped
+            return taken
 
     def _run(self) -> None:
         last_write = time.monotonic()
@@ -132,6 +138,8 @@ class GroupCommitWriter:
     def _run_tasks(self) -> None:
         while self._tasks:
             fn, fut = self._tasks.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
             try:
                 _resolve(fut, fn())
             except Exception as exc:
@@ -162,11 +170,12 @@ class GroupCommitWriter:
 
 
 def _resolve(fut: Future[Any], result: Any) -> None:
-    # a request whose client went away cancelled its future; the others still get answers
-    if not fut.done():
+    # futures are marked running when taken, so cancel() cannot race with this; the guard
+    # keeps one odd future from leaving the others of its group unanswered
+    with contextlib.suppress(InvalidStateError):
         fut.set_result(result)
 
 
 def _fail(fut: Future[Any], exc: BaseException) -> None:
-    if not fut.done():
+    with contextlib.suppress(InvalidStateError):
         fut.set_exception(exc)

@@ -99,6 +99,7 @@ class DuckDBStore:
         self._local = threading.local()
         self._pending: list[MeasurementInfo | FieldInfo] = []
         self._dropped: set[str] = set()
+        self._checkpoint_due = False
         self._reload()
         self.reader = Reader(self._cursor, lambda: self._state.catalog)
 
@@ -287,6 +288,8 @@ class DuckDBStore:
             if rows >= self.compact_rows or (idle and rows and (rows >= 10_000 or waited > 300)):
                 self.compact(table)
                 self._last_compaction[table] = now
+        if idle and self._checkpoint_due:
+            self._try_checkpoint()
 
     def hot_rows(self) -> dict[str, int]:
         return dict(self._hot_rows)
@@ -308,27 +311,36 @@ class DuckDBStore:
             self._db.execute("ROLLBACK")
             raise StoreUnavailable(f"compaction failed: {exc}") from exc
         self._hot_rows[table] = 0
+        self._checkpoint_due = True
+        self._try_checkpoint()
+
+    def _try_checkpoint(self) -> None:
         try:
             self._db.execute("CHECKPOINT")
         except duckdb.Error as exc:
-            # readers hold transactions open; the next idle compaction or the automatic
-            # checkpoint writes the data file instead
-            log.debug("checkpoint after compaction deferred: %s", exc)
+            # readers hold transactions open: retried when writes pause (maintain)
+            log.debug("checkpoint deferred: %s", exc)
+        else:
+            self._checkpoint_due = False
 
     def checkpoint(self) -> None:
         self._db.execute("CHECKPOINT")
 
     def drop_bucket(self, bucket: str) -> None:
-        self._db.execute("BEGIN")
-        for m in self.catalog.bucket_tables(bucket):
-            self._db.execute(f"DROP VIEW {m.table}_all")
-            self._db.execute(f"DROP TABLE {m.table}")
-            self._db.execute(f"DROP TABLE {m.table}_hot")
-            for name in ("motes_fields", "motes_series"):
-                self._db.execute(f"DELETE FROM {name} WHERE tbl = ?", [m.table])
-        self._db.execute("DELETE FROM motes_measurements WHERE bucket = ?", [bucket])
-        self._db.execute("COMMIT")
-        self._dropped.add(bucket)
+        self._dropped.add(bucket)  # writes still queued for it are refused from now on
+        try:
+            self._db.execute("BEGIN")
+            for m in self.catalog.bucket_tables(bucket):
+                self._db.execute(f"DROP VIEW {m.table}_all")
+                self._db.execute(f"DROP TABLE {m.table}")
+                self._db.execute(f"DROP TABLE {m.table}_hot")
+                for name in ("motes_fields", "motes_series"):
+                    self._db.execute(f"DELETE FROM {name} WHERE tbl = ?", [m.table])
+            self._db.execute("DELETE FROM motes_measurements WHERE bucket = ?", [bucket])
+            self._db.execute("COMMIT")
+        except duckdb.Error as exc:
+            self._rollback()
+            raise StoreUnavailable(f"dropping the bucket's telemetry failed: {exc}") from exc
         self._reload()
 
     def enforce_retention(self, bucket: str, cutoff_ns: int) -> int:
@@ -340,8 +352,13 @@ class DuckDBStore:
                     f"DELETE FROM {table} WHERE {TIME} < ? RETURNING 1", [cutoff_ns]
                 ).fetchall()
                 removed += len(row)
-        if removed:
-            self._reload()  # latest values and newest times may have been among them
+            if removed:
+                # what is gone can no longer be the latest value or a series' newest time
+                self._state.latest.expire(m.table, cutoff_ns)
+                sids = np.fromiter(list(m.series.values()), np.int64)
+                if len(sids):
+                    stale = sids[self._max_time[sids] < cutoff_ns]
+                    self._max_time[stale] = NO_TIME
         return removed
 
     # -- reads ----------------------------------------------------------------------------

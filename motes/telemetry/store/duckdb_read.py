@@ -76,6 +76,9 @@ class Reader:
             ).to_arrow_table()
             # positional names: a field may itself be called "gid"
             table = table.rename_columns(["gid", "time", *(f.name for f in fields)])
+        except duckdb.CatalogException as exc:
+            # the bucket was deleted after this read took its catalog snapshot
+            raise UnknownMeasurement(f'measurement "{sel.measurement}" not found') from exc
         finally:
             if group_by is not None:
                 cur.unregister("motes_groups")

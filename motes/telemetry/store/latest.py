@@ -84,6 +84,19 @@ class LatestCache:
         new_values[local[newer]] = vals[newer]
         col.data = (new_times, new_values)
 
+    def expire(self, table: str, cutoff: int) -> None:
+        """Forget values older than ``cutoff`` (retention deleted them)."""
+        t = self._tables.get(table)
+        if t is None:
+            return
+        for col in list(t.columns.values()):
+            times, values = col.data
+            old = times < cutoff
+            if old.any():
+                times = times.copy()
+                times[old] = NO_TIME
+                col.data = (times, values)
+
     def rows(self, table: str, series: Sequence[SeriesInfo]) -> LatestRows:
         t = self._tables.get(table)
         if t is None or not series:
