@@ -134,25 +134,20 @@ class Registry:
     # -- orgs and buckets -----------------------------------------------------------------
 
     def org_by_name(self, name: str) -> Org:
-        cached = self._orgs.get("name:" + name)
-        if cached is not None:
-            return cached
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(orgs.c.id, orgs.c.name).where(orgs.c.name == name)).first()
-        if row is None:
-            raise NotFound(f'org "{name}" not found')
-        org = self._orgs["name:" + name] = Org(id=row.id, name=row.name)
-        return org
+        return self._org("name:" + name, orgs.c.name == name, f'org "{name}" not found')
 
     def org(self, org_id: str) -> Org:
-        cached = self._orgs.get("id:" + org_id)
+        return self._org("id:" + org_id, orgs.c.id == org_id, f'org "{org_id}" not found')
+
+    def _org(self, key: str, where: sa.ColumnElement[bool], missing: str) -> Org:
+        cached = self._orgs.get(key)
         if cached is not None:
             return cached
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(orgs.c.id, orgs.c.name).where(orgs.c.id == org_id)).first()
+            row = conn.execute(sa.select(orgs.c.id, orgs.c.name).where(where)).first()
         if row is None:
-            raise NotFound(f'org "{org_id}" not found')
-        org = self._orgs["id:" + org_id] = Org(id=row.id, name=row.name)
+            raise NotFound(missing)
+        org = self._orgs[key] = Org(id=row.id, name=row.name)
         return org
 
     def create_bucket(self, org_id: str, name: str, retention_seconds: int) -> Bucket:
