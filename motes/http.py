@@ -31,6 +31,7 @@ from motes.telemetry.models import (
     DecodeError,
     Overloaded,
     QueryError,
+    StoreUnavailable,
     TelemetryError,
     UnknownBucket,
     UnknownMeasurement,
@@ -80,6 +81,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (BodyTooLarge, 413, "request too large"),
     (UnsupportedMediaType, 415, "unsupported media type"),
     (Overloaded, 503, "unavailable"),
+    (StoreUnavailable, 503, "unavailable"),
     (WriteRejected, 400, "invalid"),
     (DecodeError, 400, "invalid"),
     (QueryError, 400, "invalid"),
@@ -104,7 +106,7 @@ def error_response(request: Request, exc: Exception) -> Response:
     message = getattr(exc, "message", None) or str(exc)
     errors = [e.to_dict() for e in getattr(exc, "errors", [])]
     headers = {}
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | StoreUnavailable):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Token realm="motes"'

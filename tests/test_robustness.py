@@ -259,3 +259,23 @@ def test_short_init_token_is_ignored_once_set_up(settings: Settings) -> None:
     later = settings.model_copy(update={"init_token": "short"})
     with TestClient(create_app(later), headers=AUTH) as client:  # starts: setup is done
         assert client.get("/api/v1/buckets").status_code == 200
+
+
+def test_a_failing_store_answers_503_and_acks_nothing(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from motes.telemetry.models import StoreUnavailable
+
+    store = client.app.state.telemetry.store  # type: ignore[attr-defined]
+
+    def broken(requests: object) -> object:
+        raise StoreUnavailable("telemetry store failed: disk full")
+
+    monkeypatch.setattr(store, "write", broken)
+    r = write(client, b"disk,device=a f=1 1\n")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert "disk full" in r.json()["message"]
+    monkeypatch.undo()
+    assert write(client, b"disk,device=a f=2 2\n").status_code == 204
+    rows = client.get("/api/v1/devices/a/telemetry", params={"measurement": "disk"}).json()
+    assert rows == [{"f": 2.0, "timestamp": 0}]  # only the acknowledged point

@@ -12,6 +12,7 @@ Exceptions::
     ├── UnknownBucket          (404)
     ├── UnknownMeasurement     (404)
     ├── Overloaded             write queue full (503 + Retry-After)
+    ├── StoreUnavailable       the storage engine failed; nothing was acked (503 + Retry-After)
     └── QueryError             bad query parameters (400)
 """
 
@@ -213,6 +214,12 @@ class Overloaded(TelemetryError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StoreUnavailable(TelemetryError):
+    """The storage engine failed (disk full, I/O error...); nothing of the batch was acked."""
+
+    retry_after = 5
 
 
 class QueryError(TelemetryError):

@@ -51,7 +51,6 @@ class GroupCommitWriter:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="motes-writer", daemon=True)
-        self.commits = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -153,7 +152,6 @@ class GroupCommitWriter:
             for _, _, fut in items:
                 _fail(fut, exc)
         else:
-            self.commits += 1
             for (_, _, fut), outcome in zip(items, outcomes, strict=True):
                 _resolve(fut, outcome)
         finally:

@@ -26,7 +26,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from motes.telemetry.models import FieldType, PointError, TelemetryError
+from motes.telemetry.models import FieldType, PointError, StoreUnavailable
 from motes.telemetry.store.catalog import Catalog, FieldInfo, MeasurementInfo
 from motes.telemetry.store.duckdb_load import load
 from motes.telemetry.store.duckdb_read import Reader
@@ -63,10 +63,6 @@ CREATE TABLE IF NOT EXISTS motes_fields(
     tbl VARCHAR, name VARCHAR, type VARCHAR, col VARCHAR, PRIMARY KEY (tbl, name));
 CREATE TABLE IF NOT EXISTS motes_series(id UBIGINT PRIMARY KEY, tbl VARCHAR, tagset VARCHAR);
 """
-
-
-class StoreUnavailable(TelemetryError):
-    """The storage engine failed (disk full, I/O error...); nothing of the batch was acked."""
 
 
 class DuckDBStore:
