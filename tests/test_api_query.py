@@ -22,7 +22,12 @@ def loaded(client: TestClient) -> TestClient:
 
 
 def q(client: TestClient, **params: object) -> dict:
-    base = {"bucket": "telemetry", "measurement": "env", "start": str(T0 // 10**6), "epoch": "ns"}
+    base = {
+        "bucket": "telemetry",
+        "measurement": params.pop("measurement", "env"),
+        "start": str(T0 // 10**6),
+        "epoch": "ns",
+    }
     r = client.get("/api/v1/query", params={**base, **params})
     assert r.status_code == 200, r.text
     return r.json()
@@ -126,3 +131,27 @@ def test_query_errors(loaded: TestClient) -> None:
     ):
         r = loaded.get("/api/v1/query", params={**base, "start": "0", **bad})
         assert r.status_code == 400, (bad, r.text)
+
+
+def test_string_boolean_and_unsigned_fields_round_trip(client: TestClient) -> None:
+    body = (
+        b'kinds,device=a s="x",b=true,u=7u 60000000000\n'
+        b"kinds,device=a b=false,u=9u 120000000000\n"
+        b'kinds,device=a s="z" 180000000000\n'
+    )
+    assert client.post("/api/v2/write?bucket=telemetry", content=body).status_code == 204
+    raw = q(client, measurement="kinds", start="0")["tables"][0]
+    assert raw["columns"] == ["time", "b", "s", "u"]
+    assert raw["values"] == [
+        [60000000000, True, "x", 7],
+        [120000000000, False, None, 9],
+        [180000000000, None, "z", None],
+    ]
+    for fn, want in {
+        "last": [False, "z", 9],
+        "first": [True, "x", 7],
+        "count": [2, 2, 2],
+        "max": [True, "z", 9],
+    }.items():
+        agg = q(client, measurement="kinds", start="0", every="1h", fn=fn)["tables"][0]
+        assert agg["values"] == [[0, *want]], fn

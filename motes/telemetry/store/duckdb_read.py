@@ -65,17 +65,14 @@ class Reader:
             join = " JOIN motes_groups g USING (series)"
         try:
             sql = _sql(m, fields, agg, where, gid_expr, join, limit)
-            table = cur.sql(
-                sql,
-                params={
-                    "start": sel.start,
-                    "stop": sel.stop,
-                    "start_s": sel.start // 1_000_000_000,
-                    "stop_s": (sel.stop - 1) // 1_000_000_000,
-                },
-            ).to_arrow_table()
-            # positional names: a field may itself be called "gid"
-            table = table.rename_columns(["gid", "time", *(f.name for f in fields)])
+            params = {
+                "start": sel.start,
+                "stop": sel.stop,
+                "start_s": sel.start // 1_000_000_000,
+                "stop_s": (sel.stop - 1) // 1_000_000_000,
+            }
+            names = ["gid", "time", *(f.name for f in fields)]  # positional: a field may be "gid"
+            table = _fetch(cur.execute(sql, params), names)
         except duckdb.CatalogException as exc:
             # the bucket was deleted after this read took its catalog snapshot
             raise UnknownMeasurement(f'measurement "{sel.measurement}" not found') from exc
@@ -83,6 +80,23 @@ class Reader:
             if group_by is not None:
                 cur.unregister("motes_groups")
         return _split(table, groups)
+
+
+def _fetch(cur: duckdb.DuckDBPyConnection, names: list[str]) -> pa.Table:
+    """The result as an Arrow table, through NumPy: for the small results of dashboard
+    queries this skips ~1 ms that DuckDB's own Arrow export spends per query."""
+    arrays = []
+    for column in cur.fetchnumpy().values():
+        if isinstance(column, np.ma.MaskedArray):
+            mask = np.ma.getmaskarray(column)
+            data = column.data
+        else:
+            mask, data = None, column
+        if data.dtype == object:  # strings
+            arrays.append(pa.array(data, type=pa.string(), mask=mask))
+        else:
+            arrays.append(pa.array(data, mask=mask))
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 def _fields(m: MeasurementInfo, names: tuple[str, ...], agg: Aggregation | None) -> list[FieldInfo]:
