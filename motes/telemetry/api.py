@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from motes.http import BadRequest, authenticate, read_body
-from motes.registry.models import Bucket, Forbidden, NotFound, Org, Token, Unauthorized
+from motes.registry.models import Bucket, Forbidden, NotFound, Org, Token
 from motes.registry.service import check_name
 from motes.telemetry import codecs
 from motes.telemetry.codecs import lineprotocol
@@ -100,10 +100,7 @@ def _lp(body: bytes, precision: str) -> Decoded:
 
 async def write_v1(request: Request) -> Response:
     """``POST /write?db=&precision=``: InfluxDB 1.x line protocol (db names the bucket)."""
-    try:
-        token = authenticate(request)
-    except Unauthorized:
-        raise
+    token = authenticate(request)
     db = request.query_params.get("db")
     if not db:
         raise BadRequest("database is required: add ?db=<bucket name>")
