@@ -257,7 +257,12 @@ class DuckDBStore:
         self._db.execute("DROP TABLE motes_merged")
 
     def _after_commit(self, batch: TableBatch) -> None:
-        np.maximum.at(self._max_time, batch.series, batch.time)
+        if not len(batch.series):
+            return
+        # rows are sorted by (series, time): each series' last row holds its newest time
+        last = np.r_[batch.series[1:] != batch.series[:-1], True]
+        sids, newest = batch.series[last], batch.time[last]
+        self._max_time[sids] = np.maximum(self._max_time[sids], newest)
         names = {f.column: f.name for f in batch.measurement.fields.values()}
         for column in batch.data.column_names[2:]:
             col = batch.data.column(column).combine_chunks()
