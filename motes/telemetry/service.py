@@ -49,7 +49,6 @@ class PendingWrite:
 
     future: Future[WriteOutcome] | None
     errors: list[PointError]
-    points: int
 
     def result(self, outcome: WriteOutcome | None) -> int:
         """Points written; raises WriteRejected naming every refused point."""
@@ -58,7 +57,7 @@ class PendingWrite:
         if errors:
             errors.sort(key=lambda e: (e.line is None, e.line or 0))
             raise WriteRejected(
-                f"partial write: {len(errors)} point(s) rejected, {written} written"
+                f"partial write: {len(errors)} point(s) rejected, {written} value(s) written"
                 if written
                 else f"write rejected: {len(errors)} point(s) rejected",
                 errors,
@@ -98,9 +97,9 @@ class TelemetryService:
                 frames.append(frame)
         points = sum(f.point_count for f in frames)
         if not frames:
-            return PendingWrite(None, errors, 0)
+            return PendingWrite(None, errors)
         future = self.writer.submit(WriteRequest(bucket.id, frames), points)
-        return PendingWrite(future, errors, points)
+        return PendingWrite(future, errors)
 
     def _apply_schema(self, bucket: Bucket, frame: Frame, errors: list[PointError]) -> Frame:
         schema = self._schemas(bucket.id, frame.measurement)
