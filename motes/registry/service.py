@@ -107,27 +107,14 @@ class Registry:
         if token and len(token) < 16:
             raise Invalid("MOTES_INIT_TOKEN must be at least 16 characters")
         secret = token or secrets.token_urlsafe(32)
-        now = _now_ns()
-        org_id, bucket_id = _new_id(), _new_id()
+        org_id = _new_id()
         with self.engine.begin() as conn:
             if conn.execute(sa.select(sa.func.count()).select_from(orgs)).scalar_one():
                 return None
-            conn.execute(orgs.insert().values(id=org_id, name=org, created_ns=now))
-            conn.execute(
-                buckets.insert().values(
-                    id=bucket_id, org_id=org_id, name=bucket, retention_seconds=0, created_ns=now
-                )
-            )
-            conn.execute(
-                tokens.insert().values(
-                    id=_new_id(),
-                    org_id=org_id,
-                    description="operator token (all access)",
-                    token_hash=hash_token(secret),
-                    all_access=True,
-                    permissions=[],
-                    created_ns=now,
-                )
+            conn.execute(orgs.insert().values(id=org_id, name=org, created_ns=_now_ns()))
+            _insert_bucket(conn, Bucket(_new_id(), org_id, bucket, 0))
+            _insert_token(
+                conn, Token(_new_id(), org_id, "operator token (all access)", True), secret
             )
         return secret
 
@@ -157,15 +144,7 @@ class Registry:
         bucket = Bucket(id=_new_id(), org_id=org_id, name=name, retention_seconds=retention_seconds)
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    buckets.insert().values(
-                        id=bucket.id,
-                        org_id=org_id,
-                        name=name,
-                        retention_seconds=retention_seconds,
-                        created_ns=_now_ns(),
-                    )
-                )
+                _insert_bucket(conn, bucket)
         except sa.exc.IntegrityError as exc:
             raise Conflict(f'bucket "{name}" already exists') from exc
         return bucket
@@ -227,17 +206,7 @@ class Registry:
     ) -> Token:
         token = Token(_new_id(), org_id, description, all_access, perms)
         with self.engine.begin() as conn:
-            conn.execute(
-                tokens.insert().values(
-                    id=token.id,
-                    org_id=org_id,
-                    description=description,
-                    token_hash=hash_token(secret),
-                    all_access=all_access,
-                    permissions=[str(p) for p in perms],
-                    created_ns=_now_ns(),
-                )
-            )
+            _insert_token(conn, token, secret)
         return token
 
     def authenticate(self, secret: str) -> Token:
@@ -385,3 +354,29 @@ class Registry:
             schema = MeasurementSchema(bucket_id, measurement, fields, bool(r.strict))
         self._schema_cache[key] = schema
         return schema
+
+
+def _insert_bucket(conn: sa.Connection, bucket: Bucket) -> None:
+    conn.execute(
+        buckets.insert().values(
+            id=bucket.id,
+            org_id=bucket.org_id,
+            name=bucket.name,
+            retention_seconds=bucket.retention_seconds,
+            created_ns=_now_ns(),
+        )
+    )
+
+
+def _insert_token(conn: sa.Connection, token: Token, secret: str) -> None:
+    conn.execute(
+        tokens.insert().values(
+            id=token.id,
+            org_id=token.org_id,
+            description=token.description,
+            token_hash=hash_token(secret),
+            all_access=token.all_access,
+            permissions=[str(p) for p in token.permissions],
+            created_ns=_now_ns(),
+        )
+    )
