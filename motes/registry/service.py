@@ -194,9 +194,9 @@ class Registry:
         """A new token; the secret is returned once and only its hash is stored."""
         perms = tuple(Permission.parse(p) for p in permissions or [])
         secret = secrets.token_urlsafe(32)
-        return self._insert_token(org_id, description, permissions is None, perms, secret), secret
+        return self._store_token(org_id, description, permissions is None, perms, secret), secret
 
-    def _insert_token(
+    def _store_token(
         self,
         org_id: str,
         description: str,
