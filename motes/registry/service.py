@@ -39,10 +39,10 @@ from motes.registry.tables import (
     orgs,
     tokens,
 )
+from motes.telemetry.models import FIELD_TYPES
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
 TOKEN_CACHE_SECONDS = 5.0
-FIELD_TYPES = ("float", "integer", "unsigned", "boolean", "string")
 
 
 def _now_ns() -> int:

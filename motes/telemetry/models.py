@@ -43,7 +43,6 @@ MAX_EVERY_NS = 1000 * 86_400_000_000_000
 #: arithmetic (a window start is a time minus up to one window).
 MIN_TIME_NS = -(2**63) + MAX_EVERY_NS
 MAX_TIME_NS = 2**63 - 2
-MAX_NAME_LENGTH = 256
 
 
 def field_type_of(arrow_type: pa.DataType) -> FieldType:

@@ -292,9 +292,6 @@ class DuckDBStore:
         if idle and self._checkpoint_due:
             self._try_checkpoint()
 
-    def hot_rows(self) -> dict[str, int]:
-        return dict(self._hot_rows)
-
     def compact(self, table: str) -> None:
         """Move a measurement's hot rows into its read table as one sorted run."""
         if not self._hot_rows.get(table):
@@ -323,9 +320,6 @@ class DuckDBStore:
             log.debug("checkpoint deferred: %s", exc)
         else:
             self._checkpoint_due = False
-
-    def checkpoint(self) -> None:
-        self._db.execute("CHECKPOINT")
 
     def drop_bucket(self, bucket: str) -> None:
         self._dropped.add(bucket)  # writes still queued for it are refused from now on
