@@ -6,6 +6,7 @@ uvicorn.run(app)      # or motes.server.serve(settings)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -13,13 +14,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from motes import __version__
+from motes import __version__, apispec
 from motes.http import HANDLED, JSONResponse, error_response
 from motes.registry import api as registry_api
+from motes.registry import api_access, api_auth, api_devices, api_orgs
+from motes.registry.crypto import load_master_key
 from motes.registry.service import Registry
 from motes.settings import Settings
 from motes.telemetry import api as telemetry_api
@@ -31,6 +35,29 @@ from motes.telemetry.writer import GroupCommitWriter
 log = logging.getLogger("motes")
 
 
+@apispec.operation(
+    "Readiness",
+    ["health"],
+    responses={
+        status: {
+            "application/json": {
+                "type": "object",
+                "required": ["name", "status", "message", "version", "checks"],
+                "properties": {
+                    "name": {"const": "motes"},
+                    "status": {"enum": ["pass", "fail"]},
+                    "message": {"type": "string"},
+                    "version": {"type": "string"},
+                    "checks": {"type": "array"},
+                },
+            }
+        }
+        for status in (200, 503)
+    },
+    errors=(),
+    auth=False,
+    description="200 once ready for queries and writes, 503 while starting.",
+)
 async def health(request: Request) -> Response:
     ready = getattr(request.app.state, "ready", False)
     body: dict[str, object] = {
@@ -43,6 +70,14 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
+@apispec.operation(
+    "Liveness (InfluxDB ping)",
+    ["health", "influxdb"],
+    responses={204: None},
+    errors=(),
+    auth=False,
+    description="Answers GET and HEAD with header `X-Influxdb-Version`.",
+)
 async def ping(request: Request) -> Response:
     return Response(status_code=204, headers={"X-Influxdb-Version": f"motes-{__version__}"})
 
@@ -53,9 +88,11 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         _open(app, settings)
+        flusher = asyncio.create_task(_flush_seen(app))
         try:
             yield
         finally:
+            flusher.cancel()
             _close(app)
 
     routes: list[Any] = [
@@ -65,6 +102,11 @@ def create_app(settings: Settings) -> Starlette:
         *query_api.routes,
         *influxql.routes,
         *registry_api.routes,
+        *api_auth.routes,
+        *api_orgs.routes,
+        *api_devices.routes,
+        *api_access.routes,
+        *apispec.routes,
     ]
     app = Starlette(
         routes=routes,
@@ -95,8 +137,20 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 def _open(app: Starlette, settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry.open(settings.registry_sqlalchemy_url)
-    created = registry.bootstrap(settings.init_org, settings.init_bucket, settings.init_token)
+    registry = Registry.open(
+        settings.registry_sqlalchemy_url,
+        master_key=load_master_key(settings.secret_key, settings.secret_key_path),
+        default_bucket=settings.init_bucket,
+        access_seconds=settings.access_token_seconds,
+        refresh_seconds=settings.refresh_token_seconds,
+    )
+    created = registry.bootstrap(
+        settings.init_org,
+        settings.init_bucket,
+        settings.init_token,
+        settings.init_admin_email,
+        settings.init_admin_password,
+    )
     if created is not None:
         _announce_token(settings, created)
     store = DuckDBStore(
@@ -144,4 +198,20 @@ def _close(app: Starlette) -> None:
         service.store.close()
     registry: Registry | None = getattr(app.state, "registry", None)
     if registry is not None:
+        registry.devices.flush_seen()
         registry.close()
+
+
+SEEN_FLUSH_SECONDS = 5.0
+
+
+async def _flush_seen(app: Starlette) -> None:
+    """Write devices' last-seen times every few seconds instead of on every request."""
+    while True:
+        await asyncio.sleep(SEEN_FLUSH_SECONDS)
+        registry: Registry | None = getattr(app.state, "registry", None)
+        if registry is not None:
+            try:
+                await run_in_threadpool(registry.devices.flush_seen)
+            except Exception:  # a busy database must not end the loop; retried next time
+                log.exception("writing last-seen times failed")

@@ -17,13 +17,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from motes.registry.common import Actor
 from motes.registry.models import (
     Conflict,
     Forbidden,
     Invalid,
     NotFound,
+    Principal,
     RegistryError,
-    Token,
+    Throttled,
     Unauthorized,
 )
 from motes.telemetry.codecs import UnsupportedMediaType
@@ -78,6 +80,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (UnknownBucket, 404, "not found"),
     (UnknownMeasurement, 404, "not found"),
     (Conflict, 409, "conflict"),
+    (Throttled, 429, "too many requests"),
     (BodyTooLarge, 413, "request too large"),
     (UnsupportedMediaType, 415, "unsupported media type"),
     (Overloaded, 503, "unavailable"),
@@ -106,38 +109,57 @@ def error_response(request: Request, exc: Exception) -> Response:
     message = getattr(exc, "message", None) or str(exc)
     errors = [e.to_dict() for e in getattr(exc, "errors", [])]
     headers = {}
-    if isinstance(exc, Overloaded | StoreUnavailable):
+    if isinstance(exc, Overloaded | StoreUnavailable | Throttled):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Token realm="motes"'
     return JSONResponse(error_body(code, message, errors), status_code=status, headers=headers)
 
 
-def token_from(request: Request) -> str:
-    """The API token: ``Authorization: Token|Bearer <t>``, v1 Basic auth or ``?p=<t>``."""
+def credentials_from(request: Request) -> tuple[str, str]:
+    """``(scheme, secret)`` from ``Authorization: Token|Bearer|Thing|Device <secret>``, v1
+    Basic auth or ``?p=<token>``; the scheme is lower case (``token`` for Basic and ``p``)."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     scheme = scheme.lower()
-    if scheme in ("token", "bearer") and value.strip():
-        return value.strip()
+    if scheme in ("token", "bearer", "thing", "device") and value.strip():
+        return scheme, value.strip()
     if scheme == "basic" and value:
         try:
             _, _, password = base64.b64decode(value).decode().partition(":")
         except (ValueError, UnicodeDecodeError) as exc:
             raise Unauthorized("unauthorized access: malformed Basic credentials") from exc
         if password:
-            return password
+            return "token", password
     if request.query_params.get("p"):
-        return request.query_params["p"]
+        return "token", request.query_params["p"]
     if header:
-        raise Unauthorized('unauthorized access: use "Authorization: Token <token>"')
+        raise Unauthorized(
+            'unauthorized access: use "Authorization: Token <token>", "Bearer <access token>" '
+            'or "Thing <device key>"'
+        )
     raise Unauthorized("unauthorized access: missing Authorization header")
 
 
-def authenticate(request: Request) -> Token:
-    registry = request.app.state.registry
-    token: Token = registry.authenticate(token_from(request))
-    return token
+def authenticate(request: Request, org: str | None = None) -> Principal:
+    """Who the request acts as, in the org it names (``org``, else ``?orgID=``/``?org=``)
+    or its own."""
+    scheme, secret = credentials_from(request)
+    params = request.query_params
+    org_id, org_name = (org, org) if org else (params.get("orgID"), params.get("org"))
+    principal: Principal = request.app.state.registry.authenticate(
+        scheme, secret, org_id or None, org_name or None
+    )
+    request.state.principal = principal
+    return principal
+
+
+def remote_of(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def actor_of(request: Request, principal: Principal) -> Actor:
+    return Actor(principal.actor, remote_of(request), principal.label)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

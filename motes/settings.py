@@ -39,6 +39,26 @@ class Settings(BaseSettings):
             "generated and printed once if unset."
         ),
     )
+    init_admin_email: str | None = Field(
+        None,
+        description="Email of an operator account created (owner of the first org) on first start.",
+    )
+    init_admin_password: str | None = Field(
+        None, description="Password of that account (8 characters or more)."
+    )
+    secret_key: str | None = Field(
+        None,
+        description=(
+            "Master key (base64 of 32 random bytes) that encrypts secrets and signs access "
+            "tokens; generated into <data dir>/secret-key if unset. Share it across processes."
+        ),
+    )
+    access_token_seconds: int = Field(
+        900, ge=60, le=86400, description="Lifetime of OAuth2 access tokens (JWT)."
+    )
+    refresh_token_seconds: int = Field(
+        30 * 86400, ge=300, description="Lifetime of a sign-in session (its refresh tokens)."
+    )
     registry_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the registry; default: SQLite file in the data dir.",
@@ -77,6 +97,10 @@ class Settings(BaseSettings):
     @property
     def registry_sqlalchemy_url(self) -> str:
         return self.registry_url or f"sqlite:///{self.data_dir / 'registry.sqlite'}"
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.data_dir / "secret-key"
 
     @property
     def token_path(self) -> Path:

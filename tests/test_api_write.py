@@ -133,7 +133,7 @@ def test_seed_000_device_batch_and_fetch(client: TestClient) -> None:
     )
     record = client.get("/api/v1/devices/sample").json()
     assert record["attributes"]["fw_ver"] == "12345.010"
-    assert len(record["attribute_history"]) == 2
+    assert len(record["history"]) == 2
 
 
 def test_seed_000_deviceid_mismatch_is_400(client: TestClient) -> None:

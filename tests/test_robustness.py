@@ -164,21 +164,28 @@ def test_reads_during_ingest_never_fail(client: TestClient) -> None:
         }
 
 
-def test_device_records_follow_bucket_permissions(client: TestClient) -> None:
+def test_device_records_need_device_permission_and_hide_unreadable_data(
+    client: TestClient,
+) -> None:
     hdr = {"Content-Type": "application/json"}
     body = b'{"deviceinfo": {"secret": "s3"}, "tsdata": [{"timestamp": 1, "t": 1.0}]}'
     assert (
         client.post("/api/v1/devices/sec/telemetry", content=body, headers=hdr).status_code == 204
     )
     other = client.post("/api/v1/buckets", json={"name": "b2"}).json()
-    token = client.post(
-        "/api/v1/tokens",
-        json={"permissions": [f"read:buckets/{other['id']}", f"write:buckets/{other['id']}"]},
-    )
-    scoped = {"Authorization": f"Token {token.json()['token']}"}
-    seen = client.get("/api/v1/devices/sec?bucket=b2", headers=scoped)
-    assert seen.status_code == 404  # the record in "telemetry" is not visible through b2
-    assert client.get("/api/v1/devices/sec", headers=scoped).status_code == 403
+
+    def token(*permissions: str) -> dict[str, str]:
+        made = client.post("/api/v1/tokens", json={"permissions": list(permissions)})
+        return {"Authorization": f"Token {made.json()['token']}"}
+
+    b2 = token(f"read:buckets/{other['id']}", f"write:buckets/{other['id']}")
+    assert client.get("/api/v1/devices/sec", headers=b2).status_code == 403
+    # may read device records but not the bucket the device writes to: no values shown
+    records = token("read:devices", f"read:buckets/{other['id']}")
+    seen = client.get("/api/v1/devices/sec", headers=records)
+    assert seen.status_code == 200
+    assert seen.json()["attributes"] == {"secret": "s3"} and seen.json()["latest"] == {}
+    assert client.get("/api/v1/devices/sec").json()["latest"]["t"]["value"] == 1.0
 
 
 def test_bootstrap_is_all_or_nothing(tmp_path: Path) -> None:
@@ -187,7 +194,7 @@ def test_bootstrap_is_all_or_nothing(tmp_path: Path) -> None:
     with pytest.raises(Invalid):
         registry.bootstrap("main", "my bucket", TOKEN)
     assert registry.bootstrap("main", "telemetry", TOKEN) == TOKEN  # nothing half-created
-    assert registry.authenticate(TOKEN).all_access
+    assert registry.authenticate("token", TOKEN).all_access
     registry.close()
 
 

@@ -1,9 +1,8 @@
-"""Bucket, token and schema endpoints, plus schema discovery of a bucket's telemetry.
+"""Bucket and schema endpoints, plus schema discovery of a bucket's telemetry.
 
 POST   /api/v1/buckets                 {"name": "plants", "retention": "30d"}  -> 201
 GET    /api/v1/buckets
 DELETE /api/v1/buckets/{bucket}                                                -> 204
-POST   /api/v1/tokens                  {"description": "...", "permissions": ["write:buckets/<id>"]}
 PUT    /api/v1/buckets/{bucket}/measurements/{m}/schema
        {"fields": {"t": {"type": "float", "unit": "Cel"}}, "strict": true}
 GET    /api/v1/buckets/{bucket}/measurements[/{m}/fields|/{m}/tags|/{m}/tags/{key}/values]
@@ -19,14 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from motes.http import JSONResponse, authenticate, json_body, read_body
+from motes.http import JSONResponse, actor_of, authenticate, json_body, read_body
 from motes.registry.models import (
     FieldSpec,
     Forbidden,
     Invalid,
     MeasurementSchema,
     NotFound,
-    Token,
+    Principal,
     parse_duration,
 )
 from motes.telemetry.api import require, resolve_bucket, resolve_org
@@ -34,9 +33,10 @@ from motes.telemetry.api import require, resolve_bucket, resolve_org
 SMALL_BODY = 1024 * 1024
 
 
-def _admin(token: Token) -> None:
-    if not token.all_access:
-        raise Forbidden("this needs an all-access token")
+def _manage(principal: Principal) -> None:
+    """Creating, deleting and describing buckets needs write on every bucket of the org."""
+    if not principal.allows("write", "buckets"):
+        raise Forbidden("this needs write:buckets (members, admins, owners, all-access tokens)")
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -64,7 +64,7 @@ async def create_bucket(request: Request) -> Response:
     if data.get("org") and data["org"] != request.app.state.registry.org(token.org_id).name:
         raise Forbidden(f'token has no access to org "{data["org"]}"')
     org = resolve_org(request, token)
-    _admin(token)
+    _manage(token)
     name = data.get("name")
     if not isinstance(name, str):
         raise Invalid('"name" is required and must be a string')
@@ -73,7 +73,7 @@ async def create_bucket(request: Request) -> Response:
         raise Invalid('"retention" must be a duration like "30d" or a number of seconds')
     registry = request.app.state.registry
     bucket = await run_in_threadpool(
-        registry.create_bucket, org.id, name, parse_duration(retention)
+        registry.create_bucket, org.id, name, parse_duration(retention), actor_of(request, token)
     )
     return JSONResponse(bucket.to_dict(org.name), status_code=201)
 
@@ -81,40 +81,15 @@ async def create_bucket(request: Request) -> Response:
 async def delete_bucket(request: Request) -> Response:
     token = authenticate(request)
     org = resolve_org(request, token)
-    _admin(token)
+    _manage(token)
     bucket = resolve_bucket(request, org, request.path_params["bucket"])
     # out of the registry first, so no new write can find it; then its data, on the writer
     # thread after the writes already queued (those are refused by the store)
-    await run_in_threadpool(request.app.state.registry.delete_bucket, bucket)
+    await run_in_threadpool(
+        request.app.state.registry.delete_bucket, bucket, actor_of(request, token)
+    )
     await asyncio.wrap_future(request.app.state.telemetry.drop_bucket(bucket.id))
     return Response(status_code=204)
-
-
-async def create_token(request: Request) -> Response:
-    token = authenticate(request)
-    _admin(token)
-    data = await _json(request)
-    perms = data.get("permissions")
-    if perms is not None and (
-        not isinstance(perms, list) or not all(isinstance(p, str) for p in perms) or not perms
-    ):
-        raise Invalid('"permissions" must be a non-empty list like ["read:buckets/<id>"]')
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise Invalid('"description" must be a string')
-    registry = request.app.state.registry
-    created, secret = await run_in_threadpool(
-        registry.create_token, token.org_id, description, perms
-    )
-    return JSONResponse(
-        {
-            "id": created.id,
-            "token": secret,
-            "description": created.description,
-            "permissions": [str(p) for p in created.permissions] or ["all"],
-        },
-        status_code=201,
-    )
 
 
 async def _readable_bucket(request: Request) -> Any:
@@ -166,7 +141,7 @@ async def tag_values(request: Request) -> Response:
 async def put_schema(request: Request) -> Response:
     token = authenticate(request)
     org = resolve_org(request, token)
-    _admin(token)
+    _manage(token)
     bucket = resolve_bucket(request, org, request.path_params["bucket"])
     data = await _json(request)
     raw = data.get("fields")
@@ -216,7 +191,6 @@ routes = [
     Route("/api/v1/buckets", list_buckets, methods=["GET"]),
     Route("/api/v1/buckets", create_bucket, methods=["POST"]),
     Route("/api/v1/buckets/{bucket}", delete_bucket, methods=["DELETE"]),
-    Route("/api/v1/tokens", create_token, methods=["POST"]),
     Route(M, measurements, methods=["GET"]),
     Route(M + "/{measurement}/fields", fields, methods=["GET"]),
     Route(M + "/{measurement}/tags", tag_keys, methods=["GET"]),

@@ -1,4 +1,4 @@
-"""Registry data: orgs, buckets, API tokens, device records, measurement schemas.
+"""Registry data: orgs, buckets, principals and permissions, device records, schemas.
 
 Exceptions::
 
@@ -7,7 +7,8 @@ Exceptions::
     ├── Conflict          name already taken (409)
     ├── Invalid           bad values (400)
     ├── Unauthorized      missing or unknown token (401)
-    └── Forbidden         token lacks the permission (403)
+    ├── Forbidden         credentials lack the permission (403)
+    └── Throttled         too many failed sign-ins (429)
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ class Bucket:
         }
 
 
+RESOURCE_TYPES = ("buckets", "devices", "channels", "tokens", "users", "secrets", "audit", "orgs")
+
+
 @dataclass(frozen=True)
 class Permission:
-    """``read``/``write`` on a resource: ``buckets`` (all) or ``buckets/<id>``."""
+    """``read``/``write`` on a resource type (``buckets``) or one object (``buckets/<id>``)."""
 
     action: Action
     resource: str
@@ -52,31 +56,81 @@ class Permission:
     def __str__(self) -> str:
         return f"{self.action}:{self.resource}"
 
+    @property
+    def type(self) -> str:
+        return self.resource.partition("/")[0]
+
     @classmethod
     def parse(cls, text: str) -> Permission:
         action, _, resource = text.partition(":")
-        if action not in ("read", "write") or not resource:
+        kind, slash, ident = resource.partition("/")
+        if action not in ("read", "write") or kind not in RESOURCE_TYPES or (slash and not ident):
             raise Invalid(
-                f'invalid permission "{text}": expected read:<resource> or write:<resource>'
+                f'invalid permission "{text}": expected read:<type> or write:<type>[/<id>] '
+                f"with type one of {', '.join(RESOURCE_TYPES)}"
             )
         return cls(action, resource)  # type: ignore[arg-type]
 
 
+def _perms(spec: str) -> tuple[Permission, ...]:
+    return tuple(Permission.parse(p) for p in spec.split())
+
+
+ROLES = ("viewer", "member", "admin", "owner")
+_VIEWER = "read:buckets read:devices read:channels read:orgs"
+_MEMBER = _VIEWER + " write:buckets write:devices write:channels"
+_ADMIN = _MEMBER + (
+    " read:tokens write:tokens read:users write:users read:secrets write:secrets read:audit"
+)
+ROLE_PERMISSIONS: dict[str, tuple[Permission, ...]] = {
+    "viewer": _perms(_VIEWER),
+    "member": _perms(_MEMBER),
+    "admin": _perms(_ADMIN),
+    "owner": (),  # all access in the org
+}
+
+PrincipalKind = Literal["token", "user", "device"]
+
+
 @dataclass(frozen=True)
-class Token:
+class Principal:
+    """Who a request acts as, in which org, with what permissions.
+
+    ``all_access`` is an owner's reach in ``org_id`` (all-access tokens, org owners);
+    ``operator`` may also create orgs. Nothing reaches beyond ``org_id``.
+    """
+
+    kind: PrincipalKind
     id: str
     org_id: str
-    description: str
-    all_access: bool
     permissions: tuple[Permission, ...] = ()
+    all_access: bool = False
+    role: str | None = None
+    operator: bool = False
+    session_id: str | None = None
+    label: str = ""
+    expires_ns: int | None = None
+    bucket_id: str | None = None  # a device's bucket
 
-    def allows(self, action: Action, resource_type: str, resource_id: str) -> bool:
+    @property
+    def actor(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    def allows(self, action: Action, resource_type: str, resource_id: str | None = None) -> bool:
+        """May act on the object ``resource_id`` (or, if None, on every object of the type)."""
         if self.all_access:
             return True
-        return any(
-            p.action == action and p.resource in (resource_type, f"{resource_type}/{resource_id}")
-            for p in self.permissions
-        )
+        wanted = {resource_type}
+        if resource_id is not None:
+            wanted.add(f"{resource_type}/{resource_id}")
+        return any(p.action == action and p.resource in wanted for p in self.permissions)
+
+    def holds(self, permission: Permission) -> bool:
+        kind, _, ident = permission.resource.partition("/")
+        return self.allows(permission.action, kind, ident or None)
+
+    def permission_strings(self) -> list[str]:
+        return ["all"] if self.all_access else [str(p) for p in self.permissions]
 
 
 @dataclass
@@ -126,6 +180,12 @@ class Unauthorized(RegistryError):
 
 class Forbidden(RegistryError):
     pass
+
+
+class Throttled(RegistryError):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}

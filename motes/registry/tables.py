@@ -35,29 +35,12 @@ tokens = sa.Table(
     sa.Column("all_access", sa.Boolean, nullable=False, default=False),
     sa.Column("permissions", sa.JSON, nullable=False),
     sa.Column("created_ns", sa.BigInteger, nullable=False),
-)
-
-devices = sa.Table(
-    "devices",
-    metadata,
-    sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), primary_key=True),
-    sa.Column("bucket_id", sa.String(32), primary_key=True),
-    sa.Column("device", sa.String(256), primary_key=True),
-    sa.Column("attributes", sa.JSON, nullable=False),
-    sa.Column("attributes_updated_ns", sa.BigInteger),
-    sa.Column("last_seen_ns", sa.BigInteger),
-)
-
-device_attribute_history = sa.Table(
-    "device_attribute_history",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("org_id", sa.String(32), nullable=False),
-    sa.Column("bucket_id", sa.String(32), nullable=False),
-    sa.Column("device", sa.String(256), nullable=False),
-    sa.Column("time_ns", sa.BigInteger, nullable=False),
-    sa.Column("attributes", sa.JSON, nullable=False),
-    sa.Index("ix_device_history", "org_id", "bucket_id", "device", "time_ns"),
+    sa.Column("created_by", sa.String(128)),
+    sa.Column("user_id", sa.String(32)),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    sa.Column("operator", sa.Boolean, nullable=False, default=False),
+    sa.Column("expires_ns", sa.BigInteger),
+    sa.Column("last_used_ns", sa.BigInteger),
 )
 
 measurement_schemas = sa.Table(
@@ -67,4 +50,141 @@ measurement_schemas = sa.Table(
     sa.Column("measurement", sa.String(256), primary_key=True),
     sa.Column("fields", sa.JSON, nullable=False),
     sa.Column("strict", sa.Boolean, nullable=False, default=True),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    sa.Column("name", sa.String(256), nullable=False, default=""),
+    sa.Column("password_hash", sa.String(256)),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("operator", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+    sa.Column("password_changed_ns", sa.BigInteger),
+    sa.Column("last_login_ns", sa.BigInteger),
+)
+
+memberships = sa.Table(
+    "memberships",
+    metadata,
+    sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), primary_key=True),
+    sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+    sa.Index("ix_memberships_user", "user_id"),
+)
+
+# one-time tokens that let a user set a password: account setup and admin-issued resets
+password_tokens = sa.Table(
+    "password_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("expires_ns", sa.BigInteger, nullable=False),
+    sa.Column("used_ns", sa.BigInteger),
+)
+
+# a sign-in session: one chain of rotating refresh tokens and the access tokens they issue
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("client_id", sa.String(128)),
+    sa.Column("scope", sa.String(512)),
+    sa.Column("remote", sa.String(64)),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+    sa.Column("expires_ns", sa.BigInteger, nullable=False),
+    sa.Column("revoked_ns", sa.BigInteger),
+    sa.Index("ix_sessions_user", "user_id"),
+)
+
+refresh_tokens = sa.Table(
+    "refresh_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(32), sa.ForeignKey("sessions.id"), nullable=False),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+    sa.Column("used_ns", sa.BigInteger),
+    sa.Index("ix_refresh_session", "session_id"),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), primary_key=True),
+    sa.Column("id", sa.String(256), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False, default=""),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("bucket_id", sa.String(32)),
+    sa.Column("permissions", sa.JSON, nullable=False),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("key_hash", sa.String(64), unique=True),
+    sa.Column("key_prefix", sa.String(16)),
+    sa.Column("key_created_ns", sa.BigInteger),
+    sa.Column("attributes", sa.JSON, nullable=False),
+    sa.Column("attributes_updated_ns", sa.BigInteger),
+    sa.Column("last_seen_ns", sa.BigInteger),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+)
+
+device_history = sa.Table(
+    "device_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("org_id", sa.String(32), nullable=False),
+    sa.Column("device", sa.String(256), nullable=False),
+    sa.Column("time_ns", sa.BigInteger, nullable=False),
+    sa.Column("attributes", sa.JSON, nullable=False),
+    sa.Index("ix_device_history", "org_id", "device", "time_ns"),
+)
+
+channels = sa.Table(
+    "channels",
+    metadata,
+    sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), primary_key=True),
+    sa.Column("id", sa.String(256), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False, default=""),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("bucket_id", sa.String(32)),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+)
+
+channel_devices = sa.Table(
+    "channel_devices",
+    metadata,
+    sa.Column("org_id", sa.String(32), primary_key=True),
+    sa.Column("channel_id", sa.String(256), primary_key=True),
+    sa.Column("device_id", sa.String(256), primary_key=True),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+    sa.Index("ix_channel_devices_device", "org_id", "device_id"),
+)
+
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), primary_key=True),
+    sa.Column("key", sa.String(256), primary_key=True),
+    sa.Column("nonce", sa.LargeBinary, nullable=False),
+    sa.Column("ciphertext", sa.LargeBinary, nullable=False),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+    sa.Column("updated_ns", sa.BigInteger, nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("org_id", sa.String(32)),
+    sa.Column("time_ns", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(320), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(512), nullable=False, default=""),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("remote", sa.String(64)),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Index("ix_audit_org", "org_id", "id"),
 )

@@ -23,13 +23,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from motes.apispec import ApiModel, JsonSchema, Param, operation
 from motes.http import JSONResponse, authenticate
-from motes.registry.models import NotFound
-from motes.telemetry.api import DEFAULT_MEASUREMENT, require, resolve_bucket, resolve_org
+from motes.telemetry.api import (
+    BUCKET_PARAM,
+    DEFAULT_MEASUREMENT,
+    ORG_PARAMS,
+    require,
+    resolve_bucket,
+    resolve_org,
+)
 from motes.telemetry.fill import fill_windows
 from motes.telemetry.models import DEVICE_TAG, QueryError, UnknownMeasurement
 from motes.telemetry.params import (
+    EPOCHS,
     MAX_EVERY_NS,
+    MAX_LIMIT,
     MAX_NS,
     MIN_NS,
     check_epoch,
@@ -40,20 +49,120 @@ from motes.telemetry.params import (
     parse_time,
     positive_int,
 )
+from motes.telemetry.service import FLEET_FNS
 from motes.telemetry.store.duckdb_read import AGGREGATES
 from motes.telemetry.store.protocol import NO_TIME, Aggregation, LatestRows, Selection
 
 Tables = list[tuple[dict[str, str], pa.Table]]
 
+# -- what the endpoints take and answer, for the OpenAPI document -----------------------------
+
+Value = str | int | float | bool
+READ_PARAMS = [BUCKET_PARAM, *ORG_PARAMS]
+TAG = Param(
+    "tag",
+    {"type": "array", "items": {"type": "string", "pattern": "^[^:=]+[:=]"}},
+    description="key:value, repeatable: values of one key are OR-ed, keys AND-ed",
+)
+FIELD = Param("field", {"type": "array", "items": {"type": "string"}}, description="repeatable")
+EPOCH = Param(
+    "epoch",
+    {"type": "string", "enum": list(EPOCHS)},
+    description="integer times (default RFC 3339)",
+)
+TIME = {"type": "string", "description": 'RFC 3339, epoch ms, "now" or relative like -48h'}
+LIMIT: JsonSchema = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
+
+
+class QueryTable(ApiModel):
+    """One series (or group): each row of ``values`` follows ``columns``, time first."""
+
+    measurement: str
+    tags: dict[str, str]
+    columns: list[str]
+    values: list[list[Value | None]]
+
+
+class QueryResult(ApiModel):
+    tables: list[QueryTable]
+
+
+class LatestValue(ApiModel):
+    time: str | int
+    value: Value | None
+
+
+class LatestSeries(ApiModel):
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, LatestValue]
+
+
+class Latest(ApiModel):
+    series: list[LatestSeries]
+
+
+class FleetField(ApiModel):
+    value: float | None
+    series: int
+    newest: str
+
+
+class Fleet(ApiModel):
+    measurement: str
+    fn: str
+    fields: dict[str, FleetField]
+
+
+DEVICE_ROWS: JsonSchema = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["timestamp"],
+        "properties": {"timestamp": {"type": "integer", "description": "epoch milliseconds"}},
+        "additionalProperties": {"type": ["number", "string", "boolean"]},
+    },
+}
+
 
 async def _bucket_for_read(request: Request, name: str | None) -> Any:
-    token = authenticate(request)
-    org = resolve_org(request, token)
+    principal = authenticate(request)
+    org = resolve_org(request, principal)
     bucket = resolve_bucket(request, org, name)
-    require(token, "read", bucket)
+    require(principal, "read", bucket)
     return org, bucket
 
 
+@operation(
+    "Query a measurement: raw points or aggregate windows",
+    ["query"],
+    query=[
+        *READ_PARAMS,
+        Param("measurement", {"type": "string"}, True),
+        FIELD,
+        TAG,
+        Param("start", TIME, description="inclusive, default -1h"),
+        Param("stop", TIME, description="exclusive, default open"),
+        Param(
+            "every",
+            {"type": "string", "pattern": "^([0-9]+(ns|us|µs|ms|s|m|h|d|w))+$"},
+            description="window, e.g. 10m, at most 1000d",
+        ),
+        Param("fn", {"type": "string", "enum": list(AGGREGATES)}, description="default mean"),
+        Param("group_by", {"type": "string"}, description="tag1,tag2; empty: all series"),
+        Param(
+            "fill",
+            {"anyOf": [{"enum": ["none", "null", "previous", "linear"]}, {"type": "number"}]},
+            description="for empty windows (default none)",
+        ),
+        Param("limit", LIMIT, description="rows per table"),
+        EPOCH,
+    ],
+    responses={200: {"application/json": QueryResult, "text/csv": {"type": "string"}}},
+    description="`Accept: text/csv` gives one CSV with columns "
+    "`table,measurement,<tags>,time,<fields>`. Windows start at multiples of `every` since "
+    "the epoch and are labelled with their start.",
+)
 async def query(request: Request) -> Response:
     _, bucket = await _bucket_for_read(request, request.query_params.get("bucket"))
     params = request.query_params
@@ -149,6 +258,19 @@ def _csv_value(value: object) -> object:
     return value
 
 
+@operation(
+    "Fetch a device's telemetry (seed 000)",
+    ["query", "devices"],
+    query=[
+        *READ_PARAMS,
+        Param("from", {"type": "integer"}, description="epoch ms, inclusive"),
+        Param("to", {"type": "integer"}, description="epoch ms, exclusive"),
+        Param("measurement", {"type": "string"}, description="default telemetry"),
+        Param("limit", LIMIT),
+    ],
+    responses={200: {"application/json": DEVICE_ROWS}},
+    description="An unknown device, or one that sent nothing yet, gives `[]`.",
+)
 async def device_fetch(request: Request) -> Response:
     """Seed 000's fetch: rows of one device, ``from`` inclusive, ``to`` exclusive, in ms."""
     device = request.path_params["device"]
@@ -199,45 +321,12 @@ def _latest_json(rows: LatestRows, epoch: str | None) -> list[dict[str, Any]]:
     return out
 
 
-async def device_record(request: Request) -> Response:
-    device = request.path_params["device"]
-    org, bucket = await _bucket_for_read(request, request.query_params.get("bucket"))
-    registry = request.app.state.registry
-    latest = [
-        entry
-        for rows in request.app.state.telemetry.latest(bucket, None, {DEVICE_TAG: [device]})
-        for entry in _latest_json(rows, None)
-    ]
-    try:
-        record = await run_in_threadpool(registry.device, org.id, bucket.id, device)
-    except NotFound:
-        if not latest:
-            raise
-        record = None
-    history = await run_in_threadpool(registry.attribute_history, org.id, bucket.id, device)
-    fields: dict[str, Any] = {}
-    for entry in latest:
-        for name, value in entry["fields"].items():
-            fields[name] = {**value, "measurement": entry["measurement"]}
-    times = [v["time"] for v in fields.values()]
-    seen = format_time(record.last_seen_ns, None) if record and record.last_seen_ns else None
-    return JSONResponse(
-        {
-            "device": device,
-            "attributes": record.attributes if record else {},
-            "attributes_updated": format_time(record.attributes_updated_ns, None)
-            if record and record.attributes_updated_ns
-            else None,
-            "last_seen": max([*times, *([seen] if seen else [])], default=None),
-            "latest": fields,
-            "attribute_history": [
-                {"time": format_time(h["time_ns"], None), "attributes": h["attributes"]}
-                for h in history
-            ],
-        }
-    )
-
-
+@operation(
+    "Latest value of each field of each series",
+    ["query"],
+    query=[*READ_PARAMS, Param("measurement", {"type": "string"}), TAG, FIELD, EPOCH],
+    responses={200: Latest},
+)
 async def latest(request: Request) -> Response:
     _, bucket = await _bucket_for_read(request, request.query_params.get("bucket"))
     params = request.query_params
@@ -254,6 +343,18 @@ async def latest(request: Request) -> Response:
     return JSONResponse({"series": series})
 
 
+@operation(
+    "Latest values of all matching series, reduced per field",
+    ["query"],
+    query=[
+        *READ_PARAMS,
+        Param("measurement", {"type": "string"}, True),
+        FIELD,
+        TAG,
+        Param("fn", {"type": "string", "enum": list(FLEET_FNS)}, description="default mean"),
+    ],
+    responses={200: Fleet},
+)
 async def fleet(request: Request) -> Response:
     _, bucket = await _bucket_for_read(request, request.query_params.get("bucket"))
     params = request.query_params
@@ -274,5 +375,4 @@ routes = [
     Route("/api/v1/latest", latest, methods=["GET"]),
     Route("/api/v1/fleet", fleet, methods=["GET"]),
     Route("/api/v1/devices/{device}/telemetry", device_fetch, methods=["GET"]),
-    Route("/api/v1/devices/{device}", device_record, methods=["GET"]),
 ]
