@@ -42,7 +42,7 @@ from motes.registry.models import (
 )
 from motes.registry.secrets import Secrets
 from motes.registry.sessions import Sessions
-from motes.registry.tables import audit_log, buckets, measurement_schemas, orgs
+from motes.registry.tables import audit_log, buckets, measurement_schemas, memberships, orgs
 from motes.registry.tokens import Tokens, insert_token
 from motes.registry.users import Users
 from motes.telemetry.models import FIELD_TYPES
@@ -162,7 +162,16 @@ class Registry:
     def audit_events(
         self, org_id: str, limit: int = 100, before: int | None = None, action: str | None = None
     ) -> list[AuditEvent]:
-        query = sa.select(audit_log).where(audit_log.c.org_id == org_id)
+        # account events (sign-ins, passwords) belong to no org: show those of members
+        members = sa.select(sa.literal("user:") + memberships.c.user_id).where(
+            memberships.c.org_id == org_id
+        )
+        query = sa.select(audit_log).where(
+            sa.or_(
+                audit_log.c.org_id == org_id,
+                sa.and_(audit_log.c.org_id.is_(None), audit_log.c.target.in_(members)),
+            )
+        )
         if before is not None:
             query = query.where(audit_log.c.id < before)
         if action:

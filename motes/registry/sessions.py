@@ -181,6 +181,7 @@ class Sessions:
     def refresh_grant(self, refresh: str, remote: str | None) -> TokenPair:
         digest = hash_secret(refresh)
         now = now_ns()
+        reused = False
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(refresh_tokens, sessions)
@@ -205,8 +206,11 @@ class Sessions:
                     f"session:{row.session_id}",
                     outcome="failure",
                 )
-                self._cache.clear()
-                raise OAuthError("invalid_grant", "refresh token already used: session revoked")
+                reused = True
+        if reused:  # raised once the revocation is committed
+            self._cache.clear()
+            raise OAuthError("invalid_grant", "refresh token already used: session revoked")
+        with self.engine.begin() as conn:
             user = conn.execute(sa.select(users.c.disabled).where(users.c.id == row.user_id))
             if user.scalar_one_or_none() in (None, True):
                 raise OAuthError("invalid_grant", "the account is disabled")
