@@ -26,6 +26,7 @@ from starlette.routing import Route
 from motes.apispec import operation, parse_body, parse_query
 from motes.http import actor_of, authenticate, read_body
 from motes.registry.api_orgs import dump, need
+from motes.registry.common import check_name
 from motes.registry.devices import Channel, Device, DeviceSpec
 from motes.registry.models import Bucket, Forbidden, Invalid, NotFound, Org, Principal
 from motes.registry.schemas import (
@@ -142,6 +143,7 @@ def _spec(request: Request, org: Org, principal: Principal, data: DeviceCreate) 
 
         if not principal.holds(Permission.parse(perm)):
             raise Forbidden(f'you cannot grant "{perm}": you do not hold it')
+    check_name("device", data.id)
     return DeviceSpec(
         id=data.id,
         name=data.name,

@@ -364,29 +364,30 @@ class Devices:
             self._register(org_id, device_id, bucket_id)
 
     def _register(self, org_id: str, device_id: str, bucket_id: str) -> None:
-        with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(devices.c.id).where(devices.c.org_id == org_id, devices.c.id == device_id)
-            ).first()
-            if exists is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            devices.insert().values(
-                                org_id=org_id,
-                                id=device_id,
-                                name="",
-                                metadata={},
-                                tags=[],
-                                bucket_id=bucket_id,
-                                permissions=[],
-                                disabled=False,
-                                attributes={},
-                                created_ns=now_ns(),
-                            )
+        try:
+            with self.engine.begin() as conn:
+                exists = conn.execute(
+                    sa.select(devices.c.id).where(
+                        devices.c.org_id == org_id, devices.c.id == device_id
+                    )
+                ).first()
+                if exists is None:
+                    conn.execute(
+                        devices.insert().values(
+                            org_id=org_id,
+                            id=device_id,
+                            name="",
+                            metadata={},
+                            tags=[],
+                            bucket_id=bucket_id,
+                            permissions=[],
+                            disabled=False,
+                            attributes={},
+                            created_ns=now_ns(),
                         )
-                except sa.exc.IntegrityError:
-                    pass  # registered concurrently
+                    )
+        except sa.exc.IntegrityError:
+            pass  # registered concurrently
         with self._lock:
             self._known.add((org_id, device_id))
 

@@ -96,11 +96,11 @@ def check_role(role: str) -> str:
 def insert_org(conn: sa.Connection, name: str, default_bucket: str) -> Org:
     check_name("org", name)
     org = Org(new_id(), name)
-    try:
-        with conn.begin_nested():
-            conn.execute(orgs.insert().values(id=org.id, name=name, created_ns=now_ns()))
-    except sa.exc.IntegrityError as exc:
-        raise Conflict(f'org "{name}" already exists') from exc
+    # checked first rather than caught: a savepoint would not hold on SQLite's Python driver
+    # (releasing the outermost one commits), and a failed org must leave nothing behind
+    if conn.execute(sa.select(orgs.c.id).where(orgs.c.name == name)).first() is not None:
+        raise Conflict(f'org "{name}" already exists')
+    conn.execute(orgs.insert().values(id=org.id, name=name, created_ns=now_ns()))
     conn.execute(
         buckets.insert().values(
             id=new_id(),
@@ -132,18 +132,27 @@ class Users:
                 raise Invalid('"owner" is for operator tokens: you become the owner yourself')
         elif owner is None:
             raise Invalid('"owner" is required: {"email": ..., "password"?: ...}')
-        with self.engine.begin() as conn:
-            org = insert_org(conn, name, self._default_bucket)
-            audit(conn, actor, org.id, "org.create", f"org:{org.id}", name=name)
-            if by.kind == "user":
-                _insert_membership(conn, org.id, by.id, "owner")
-                audit(conn, actor, org.id, "member.add", f"user:{by.id}", role="owner")
-                return org, None, None
-            assert owner is not None
-            user, setup = self._add(
-                conn, org.id, actor, owner.email, owner.name, "owner", owner.password
-            )
-        self._cache.clear()
+        try:
+            with self.engine.begin() as conn:
+                return self._create_org(conn, by, actor, name, owner)
+        except sa.exc.IntegrityError as exc:  # lost a race for the name or the email
+            raise Conflict(f'org "{name}" or its owner already exists') from exc
+        finally:
+            self._cache.clear()
+
+    def _create_org(
+        self, conn: sa.Connection, by: Principal, actor: Actor, name: str, owner: OwnerSpec | None
+    ) -> tuple[Org, User | None, str | None]:
+        org = insert_org(conn, name, self._default_bucket)
+        audit(conn, actor, org.id, "org.create", f"org:{org.id}", name=name)
+        if by.kind == "user":
+            _insert_membership(conn, org.id, by.id, "owner")
+            audit(conn, actor, org.id, "member.add", f"user:{by.id}", role="owner")
+            return org, None, None
+        assert owner is not None
+        user, setup = self._add(
+            conn, org.id, actor, owner.email, owner.name, "owner", owner.password
+        )
         return org, user, setup
 
     def orgs_of(self, user_id: str) -> list[tuple[Org, str]]:
