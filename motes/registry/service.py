@@ -153,7 +153,7 @@ class Registry:
         """The principal behind credentials; ``org_*`` choose among a user's orgs."""
         if scheme in DEVICE_KEY_SCHEMES or secret.startswith("mdk_"):
             return self.devices.authenticate(secret)
-        if scheme == "bearer" and secret.count(".") == 2:
+        if scheme == "bearer" and secret.startswith("eyJ") and secret.count(".") == 2:
             return self.sessions.authenticate(secret, org_id, org_name)
         if scheme in DEVICE_KEY_SCHEMES:
             raise Unauthorized("unauthorized access: invalid device key")
