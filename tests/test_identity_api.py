@@ -503,3 +503,29 @@ def test_bad_input_gets_a_clear_400(
     r = getattr(app_client, method)(path, json=body)
     assert r.status_code in (400, 404), r.text
     assert expect in r.text
+
+
+def test_removing_a_member_from_their_last_org_deletes_the_account(app_client: TestClient) -> None:
+    c = app_client
+    roles = make_org(c, "acme")
+    owner = {"Authorization": roles["owner"]}
+    users = c.get("/api/v1/users", headers=owner).json()["users"]
+    viewer_id = next(u["id"] for u in users if u["email"] == "viewer@acme.io")
+    assert c.delete(f"/api/v1/users/{viewer_id}", headers=owner).status_code == 204
+    assert c.get("/api/v1/me", headers={"Authorization": roles["viewer"]}).status_code == 401
+    r = c.post(
+        "/oauth/token",
+        data={"grant_type": "password", "username": "viewer@acme.io", "password": PASSWORD},
+    )
+    assert r.status_code == 400
+    # the email is free again: invited anew, the person sets a fresh password
+    again = c.post(
+        "/api/v1/users", json={"email": "viewer@acme.io", "role": "member"}, headers=owner
+    )
+    assert again.status_code == 201 and again.json()["setupToken"]
+    set_pw = c.post(
+        "/api/v1/password",
+        json={"resetToken": again.json()["setupToken"], "password": "brand new pass"},
+    )
+    assert set_pw.status_code == 204
+    sign_in(c, "viewer@acme.io", "brand new pass")

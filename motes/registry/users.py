@@ -39,6 +39,7 @@ from motes.registry.tables import (
     memberships,
     orgs,
     password_tokens,
+    refresh_tokens,
     sessions,
     users,
 )
@@ -330,10 +331,12 @@ class Users:
             left = conn.execute(
                 sa.select(sa.func.count()).where(memberships.c.user_id == user_id)
             ).scalar_one()
-            if not left:
-                _end_sessions(conn, user_id)
+            if not left:  # the account goes: its email can sign up or be invited afresh
+                mine = sa.select(sessions.c.id).where(sessions.c.user_id == user_id)
+                conn.execute(refresh_tokens.delete().where(refresh_tokens.c.session_id.in_(mine)))
+                conn.execute(sessions.delete().where(sessions.c.user_id == user_id))
                 conn.execute(password_tokens.delete().where(password_tokens.c.user_id == user_id))
-                conn.execute(users.update().where(users.c.id == user_id).values(disabled=True))
+                conn.execute(users.delete().where(users.c.id == user_id))
                 audit(conn, actor, org_id, "user.delete", f"user:{user_id}", email=current.email)
         self._cache.clear()
 
