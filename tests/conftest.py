@@ -1,22 +1,29 @@
-"""Shared fixtures: an in-process app (ASGI) and a real ``motes serve`` process."""
+"""Shared fixtures: an in-process app (ASGI), a real ``motes serve`` process, and empty
+registry databases on every supported engine (SQLite file, PostgreSQL server)."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from motes.app import create_app
+from motes.registry import migrations
+from motes.registry.tables import metadata
 from motes.settings import Settings
 
 TOKEN = "test-operator-token"
@@ -88,3 +95,90 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     yield srv
     if srv.proc.poll() is None:
         srv.stop()
+
+
+# -- registry databases ----------------------------------------------------------------------
+
+#: the PostgreSQL server the registry tests use (trust auth), making databases of their own
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+#: set to 1 where PostgreSQL must be tested (CI): an unreachable server fails those tests
+REQUIRE_POSTGRES = "MOTES_REQUIRE_POSTGRES"
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[sa.Engine]:
+    """An AUTOCOMMIT connection pool to the server's ``postgres`` database, for CREATE DATABASE."""
+    engine = sa.create_engine(
+        POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+    )
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        reason = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc.orig}"
+        if os.environ.get(REQUIRE_POSTGRES) == "1":
+            pytest.fail(f"{reason} ({REQUIRE_POSTGRES}=1)", pytrace=False)
+        pytest.skip(f"{reason} (set {REQUIRE_POSTGRES}=1 to fail instead)")
+    yield engine
+    engine.dispose()
+
+
+@contextmanager
+def postgres_database(admin: sa.Engine) -> Iterator[str]:
+    """The URL of a new, empty database, dropped (connections and all) afterwards."""
+    name = f"motes_test_{secrets.token_hex(6)}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+ENGINES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=ENGINES)
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty registry database (no tables) on each engine, new for every test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    else:
+        with postgres_database(request.getfixturevalue("postgres_admin")) as url:
+            yield url
+
+
+@pytest.fixture(scope="session")
+def sqlite_registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("registry-template") / "registry.sqlite"
+    migrations.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def postgres_registry_database(postgres_admin: sa.Engine) -> Iterator[str]:
+    with postgres_database(postgres_admin) as url:
+        migrations.upgrade(url)
+        yield url
+
+
+@pytest.fixture(params=ENGINES)
+def migrated_registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A registry database at the newest schema holding no rows, on each engine.
+
+    A copy of a migrated file for SQLite; on PostgreSQL, where creating a database takes a
+    second, one migrated database per test module whose tables are emptied for every test.
+    """
+    if request.param == "sqlite":
+        path = tmp_path / "registry.sqlite"
+        shutil.copyfile(request.getfixturevalue("sqlite_registry_template"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_registry_database")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # DELETE beats TRUNCATE on tables this small
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+    return url

@@ -15,8 +15,7 @@ from starlette.testclient import TestClient
 
 from motes.app import create_app
 from motes.settings import Settings
-
-from conftest import AUTH, TOKEN, free_port, start_server
+from tests.conftest import AUTH, TOKEN, free_port, start_server
 
 PASSWORD = "correct horse battery"
 SEED_000 = b'{"deviceinfo": {"fw": "1.2"}, "tsdata": [{"timestamp": 1582046738255, "t": 21.5}]}'

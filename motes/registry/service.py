@@ -141,8 +141,8 @@ class Registry:
                 created_by="system",
             )
             audit(conn, SYSTEM, org_id, "org.create", f"org:{org_id}", name=org)
-        if admin_email and admin_password:
-            self.users.make_operator(admin_email, admin_password, org_id)
+            if admin_email and admin_password:
+                self.users.make_operator(conn, admin_email, admin_password, org_id)
         return secret
 
     # -- credentials ----------------------------------------------------------------------
@@ -162,14 +162,18 @@ class Registry:
     def audit_events(
         self, org_id: str, limit: int = 100, before: int | None = None, action: str | None = None
     ) -> list[AuditEvent]:
-        # account events (sign-ins, passwords) belong to no org: show those of members
+        # account events (sign-ins, sign-outs, passwords) belong to no org: show those by or
+        # about members (a sign-out's target is the session, its actor the member)
         members = sa.select(sa.literal("user:") + memberships.c.user_id).where(
             memberships.c.org_id == org_id
         )
         query = sa.select(audit_log).where(
             sa.or_(
                 audit_log.c.org_id == org_id,
-                sa.and_(audit_log.c.org_id.is_(None), audit_log.c.target.in_(members)),
+                sa.and_(
+                    audit_log.c.org_id.is_(None),
+                    sa.or_(audit_log.c.target.in_(members), audit_log.c.actor.in_(members)),
+                ),
             )
         )
         if before is not None:

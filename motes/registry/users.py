@@ -396,11 +396,11 @@ class Users:
         )
         _end_sessions(conn, user_id)
 
-    def make_operator(self, email: str, password: str, org_id: str) -> None:
-        """The first start's operator account (settings ``init_admin_*``), owner of ``org_id``."""
-        with self.engine.begin() as conn:
-            user, _ = self._add(conn, org_id, Actor("system"), email, "", "owner", password)
-            conn.execute(users.update().where(users.c.id == user.id).values(operator=True))
+    def make_operator(self, conn: sa.Connection, email: str, password: str, org_id: str) -> None:
+        """The first start's operator account (settings ``init_admin_*``), owner of ``org_id``,
+        written in the caller's transaction: a bad email or password leaves no org behind."""
+        user, _ = self._add(conn, org_id, Actor("system"), email, "", "owner", password)
+        conn.execute(users.update().where(users.c.id == user.id).values(operator=True))
 
 
 def _check_grant(by: Principal, role: str) -> None:

@@ -32,7 +32,8 @@ ORG_PARAMS = [
     Param("org", {"type": "string"}, description="org name; must be the token's (default)"),
     Param("orgID", {"type": "string"}, description="org id; must be the token's"),
 ]
-BUCKET_PARAM = Param("bucket", {"type": "string"}, description="name or id (default: initial)")
+BUCKET: JsonSchema = {"type": "string", "examples": ["telemetry"]}
+BUCKET_PARAM = Param("bucket", BUCKET, description="name or id (default: initial)")
 PRECISION: JsonSchema = {"type": "string", "enum": ["ns", "us", "ms", "s"]}
 WRITE_ERRORS = (400, 401, 403, 404, 413, 415, 503)
 LINE_PROTOCOL: JsonSchema = {
@@ -195,7 +196,7 @@ async def _decode(request: Request, decoder: partial[Decoded]) -> Decoded:
     body={"text/plain": LINE_PROTOCOL},
     query=[
         *ORG_PARAMS,
-        Param("bucket", {"type": "string"}, description="name or id; this or bucketID"),
+        Param("bucket", BUCKET, description="name or id; this or bucketID"),
         Param("bucketID", {"type": "string"}, description="bucket name or id"),
         Param("precision", PRECISION, description="unit of the timestamps (default ns)"),
     ],
@@ -225,7 +226,7 @@ def _lp(body: bytes, precision: str) -> Decoded:
     ["write", "influxdb"],
     body={"text/plain": LINE_PROTOCOL},
     query=[
-        Param("db", {"type": "string"}, True, "the bucket (name or id)"),
+        Param("db", BUCKET, True, "the bucket (name or id)"),
         Param(
             "precision",
             {"type": "string", "enum": ["n", "u", "µ", "ns", "us", "ms", "s"]},
@@ -314,7 +315,7 @@ async def _record(
     ["write"],
     body=_any_codec(POINTS),
     query=[
-        Param("bucket", {"type": "string"}, description="name or id", location="path"),
+        Param("bucket", BUCKET, description="name or id", location="path"),
         *CODEC_PARAMS,
     ],
     responses={204: None},

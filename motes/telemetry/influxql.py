@@ -13,11 +13,13 @@ import contextlib
 import re
 from urllib.parse import parse_qs
 
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from motes.apispec import ApiModel, Param, operation
 from motes.http import BadRequest, JSONResponse, authenticate, read_body
 from motes.registry.models import Conflict, Forbidden
 
@@ -25,8 +27,45 @@ _CREATE = re.compile(
     r'^\s*CREATE\s+DATABASE\s+(?:"((?:[^"\\]|\\.)+)"|([A-Za-z0-9_.\-]+))\s*;?\s*$', re.I
 )
 _SHOW = re.compile(r"^\s*SHOW\s+DATABASES\s*;?\s*$", re.I)
+STATEMENT = {
+    "type": "string",
+    "description": "CREATE DATABASE <name> or SHOW DATABASES",
+    "examples": ['CREATE DATABASE "telegraf"', "SHOW DATABASES"],
+}
 
 
+class InfluxSeries(ApiModel):
+    name: str
+    columns: list[str]
+    values: list[list[str]]
+
+
+class StatementResult(ApiModel):
+    statement_id: int = Field(alias="statement_id")  # InfluxDB's spelling
+    series: list[InfluxSeries] = Field(default_factory=list)
+
+
+class InfluxQLResult(ApiModel):
+    results: list[StatementResult]
+
+
+@operation(
+    "InfluxDB 1.x CREATE DATABASE and SHOW DATABASES",
+    ["influxdb"],
+    body={
+        "application/x-www-form-urlencoded": {
+            "type": "object",
+            "properties": {"q": STATEMENT},
+            "required": ["q"],
+        }
+    },
+    query=[Param("q", STATEMENT, description="or form-encoded in a POST body")],
+    responses={200: InfluxQLResult},
+    errors=(400, 401, 403, 413, 415),
+    description="CREATE DATABASE creates the bucket (an existing one is fine; needs an "
+    "all-access token); SHOW DATABASES lists the buckets the token reads. Other statements "
+    "are a 400.",
+)
 async def query_v1(request: Request) -> Response:
     token = authenticate(request)
     q = request.query_params.get("q")

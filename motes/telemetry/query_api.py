@@ -70,7 +70,14 @@ EPOCH = Param(
     {"type": "string", "enum": list(EPOCHS)},
     description="integer times (default RFC 3339)",
 )
-TIME = {"type": "string", "description": 'RFC 3339, epoch ms, "now" or relative like -48h'}
+DURATION = "([0-9]+(ns|us|µs|ms|s|m|h|d|w))+"
+TIME: JsonSchema = {
+    "type": "string",
+    "description": 'RFC 3339, epoch ms, "now" or relative like -48h',
+    "pattern": f"^(now|now\\(\\)|-?[0-9]+|-{DURATION}|[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}([T ].+)?)$",
+    "examples": ["-48h", "2026-01-01T00:00:00Z"],
+}
+MEASUREMENT: JsonSchema = {"type": "string", "examples": ["env"]}
 LIMIT: JsonSchema = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
 
 
@@ -138,14 +145,14 @@ async def _bucket_for_read(request: Request, name: str | None) -> Any:
     ["query"],
     query=[
         *READ_PARAMS,
-        Param("measurement", {"type": "string"}, True),
+        Param("measurement", MEASUREMENT, True),
         FIELD,
         TAG,
         Param("start", TIME, description="inclusive, default -1h"),
         Param("stop", TIME, description="exclusive, default open"),
         Param(
             "every",
-            {"type": "string", "pattern": "^([0-9]+(ns|us|µs|ms|s|m|h|d|w))+$"},
+            {"type": "string", "pattern": f"^{DURATION}$", "examples": ["10m"]},
             description="window, e.g. 10m, at most 1000d",
         ),
         Param("fn", {"type": "string", "enum": list(AGGREGATES)}, description="default mean"),
@@ -265,7 +272,7 @@ def _csv_value(value: object) -> object:
         *READ_PARAMS,
         Param("from", {"type": "integer"}, description="epoch ms, inclusive"),
         Param("to", {"type": "integer"}, description="epoch ms, exclusive"),
-        Param("measurement", {"type": "string"}, description="default telemetry"),
+        Param("measurement", MEASUREMENT, description="default telemetry"),
         Param("limit", LIMIT),
     ],
     responses={200: {"application/json": DEVICE_ROWS}},
@@ -324,7 +331,7 @@ def _latest_json(rows: LatestRows, epoch: str | None) -> list[dict[str, Any]]:
 @operation(
     "Latest value of each field of each series",
     ["query"],
-    query=[*READ_PARAMS, Param("measurement", {"type": "string"}), TAG, FIELD, EPOCH],
+    query=[*READ_PARAMS, Param("measurement", MEASUREMENT), TAG, FIELD, EPOCH],
     responses={200: Latest},
 )
 async def latest(request: Request) -> Response:
@@ -348,7 +355,7 @@ async def latest(request: Request) -> Response:
     ["query"],
     query=[
         *READ_PARAMS,
-        Param("measurement", {"type": "string"}, True),
+        Param("measurement", MEASUREMENT, True),
         FIELD,
         TAG,
         Param("fn", {"type": "string", "enum": list(FLEET_FNS)}, description="default mean"),

@@ -85,10 +85,12 @@ def upgrade() -> None:
         sa.text(
             "SELECT org_id, bucket_id, device, attributes, attributes_updated_ns, last_seen_ns "
             "FROM devices ORDER BY attributes_updated_ns"
-        )
+        ).columns(attributes=sa.JSON)  # SQLite hands JSON back as text unless told its type
     ).all()
     history = conn.execute(
-        sa.text("SELECT org_id, device, time_ns, attributes FROM device_attribute_history")
+        sa.text(
+            "SELECT org_id, device, time_ns, attributes FROM device_attribute_history"
+        ).columns(attributes=sa.JSON)
     ).all()
     op.drop_table("devices")
     op.drop_index("ix_device_history", "device_attribute_history")
