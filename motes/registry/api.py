@@ -11,13 +11,15 @@ GET    /api/v1/buckets/{bucket}/measurements[/{m}/fields|/{m}/tags|/{m}/tags/{ke
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from motes.apispec import ApiModel, Param, operation
 from motes.http import JSONResponse, actor_of, authenticate, json_body, read_body
 from motes.registry.models import (
     FieldSpec,
@@ -33,6 +35,74 @@ from motes.telemetry.api import require, resolve_bucket, resolve_org
 SMALL_BODY = 1024 * 1024
 
 
+class BucketCreate(ApiModel):
+    name: str = Field(max_length=255)
+    retention: str | int | None = Field(
+        None, description='how long points are kept: "30d", "72h", seconds, or 0 for forever'
+    )
+    retention_seconds: int | None = Field(None, ge=0, description="the same, in seconds")
+    org: str | None = Field(None, description="must be the credentials' org")
+
+
+class BucketOut(ApiModel):
+    id: str
+    name: str
+    org: str
+    org_id: str = Field(alias="orgID")
+    retention_seconds: int
+    retention: str
+
+
+class BucketList(ApiModel):
+    buckets: list[BucketOut]
+
+
+class MeasurementList(ApiModel):
+    measurements: list[str]
+
+
+class FieldInfo(ApiModel):
+    name: str
+    type: str
+    unit: str | None
+
+
+class FieldList(ApiModel):
+    fields: list[FieldInfo]
+
+
+class TagKeys(ApiModel):
+    tags: list[str]
+
+
+class TagValues(ApiModel):
+    values: list[str]
+
+
+class FieldSpecIn(ApiModel):
+    type: Literal["float", "integer", "unsigned", "boolean", "string"]
+    unit: str | None = None
+
+
+class SchemaIn(ApiModel):
+    fields: dict[str, FieldSpecIn] = Field(min_length=1)
+    strict: bool = True
+
+
+class SchemaOut(ApiModel):
+    measurement: str
+    strict: bool
+    fields: dict[str, FieldSpecIn]
+
+
+ORG_QUERY = [
+    Param("org", {"type": "string"}, description="org name (default: the credentials')"),
+    Param("orgID", {"type": "string"}, description="org id"),
+]
+BUCKET = Param("bucket", {"type": "string"}, True, "name or id", location="path")
+MEASUREMENT = Param("measurement", {"type": "string"}, True, location="path")
+
+
 def _manage(principal: Principal) -> None:
     """Creating, deleting and describing buckets needs write on every bucket of the org."""
     if not principal.allows("write", "buckets"):
@@ -46,6 +116,13 @@ async def _json(request: Request) -> dict[str, Any]:
     return data
 
 
+@operation(
+    "Buckets the credentials may read or write",
+    ["buckets"],
+    query=ORG_QUERY,
+    responses={200: BucketList},
+    errors=(401, 403),
+)
 async def list_buckets(request: Request) -> Response:
     token = authenticate(request)
     org = resolve_org(request, token)
@@ -58,6 +135,14 @@ async def list_buckets(request: Request) -> Response:
     return JSONResponse({"buckets": [b.to_dict(org.name) for b in visible]})
 
 
+@operation(
+    "Create a bucket",
+    ["buckets"],
+    body=BucketCreate,
+    query=ORG_QUERY,
+    responses={201: BucketOut},
+    errors=(400, 401, 403, 409),
+)
 async def create_bucket(request: Request) -> Response:
     token = authenticate(request)
     data = await _json(request)
@@ -78,6 +163,13 @@ async def create_bucket(request: Request) -> Response:
     return JSONResponse(bucket.to_dict(org.name), status_code=201)
 
 
+@operation(
+    "Delete a bucket and its data",
+    ["buckets"],
+    query=[*ORG_QUERY, BUCKET],
+    responses={204: None},
+    errors=(401, 403, 404),
+)
 async def delete_bucket(request: Request) -> Response:
     token = authenticate(request)
     org = resolve_org(request, token)
@@ -100,6 +192,12 @@ async def _readable_bucket(request: Request) -> Any:
     return token, bucket
 
 
+@operation(
+    "Measurements in a bucket",
+    ["discovery"],
+    query=[*ORG_QUERY, BUCKET],
+    responses={200: MeasurementList},
+)
 async def measurements(request: Request) -> Response:
     _, bucket = await _readable_bucket(request)
     return JSONResponse({"measurements": request.app.state.telemetry.store.measurements(bucket.id)})
@@ -112,6 +210,12 @@ def _known_measurement(request: Request, bucket_id: str) -> str:
     return name
 
 
+@operation(
+    "Fields of a measurement, with types and units",
+    ["discovery"],
+    query=[*ORG_QUERY, BUCKET, MEASUREMENT],
+    responses={200: FieldList},
+)
 async def fields(request: Request) -> Response:
     _, bucket = await _readable_bucket(request)
     name = _known_measurement(request, bucket.id)
@@ -123,6 +227,12 @@ async def fields(request: Request) -> Response:
     )
 
 
+@operation(
+    "Tag keys of a measurement",
+    ["discovery"],
+    query=[*ORG_QUERY, BUCKET, MEASUREMENT],
+    responses={200: TagKeys},
+)
 async def tag_keys(request: Request) -> Response:
     _, bucket = await _readable_bucket(request)
     name = _known_measurement(request, bucket.id)
@@ -130,6 +240,17 @@ async def tag_keys(request: Request) -> Response:
     return JSONResponse({"tags": sorted({k for s in series for k in s.tags})})
 
 
+@operation(
+    "Values of one tag key",
+    ["discovery"],
+    query=[
+        *ORG_QUERY,
+        BUCKET,
+        MEASUREMENT,
+        Param("key", {"type": "string"}, True, location="path"),
+    ],
+    responses={200: TagValues},
+)
 async def tag_values(request: Request) -> Response:
     _, bucket = await _readable_bucket(request)
     name = _known_measurement(request, bucket.id)
@@ -138,6 +259,13 @@ async def tag_values(request: Request) -> Response:
     return JSONResponse({"values": sorted({s.tags[key] for s in series if key in s.tags})})
 
 
+@operation(
+    "Declare a measurement's schema (field types, units, strictness)",
+    ["schemas"],
+    body=SchemaIn,
+    query=[*ORG_QUERY, BUCKET, MEASUREMENT],
+    responses={200: SchemaOut},
+)
 async def put_schema(request: Request) -> Response:
     token = authenticate(request)
     org = resolve_org(request, token)
@@ -170,6 +298,12 @@ async def put_schema(request: Request) -> Response:
     return JSONResponse(_schema_json(schema))
 
 
+@operation(
+    "A measurement's declared schema",
+    ["schemas"],
+    query=[*ORG_QUERY, BUCKET, MEASUREMENT],
+    responses={200: SchemaOut},
+)
 async def get_schema(request: Request) -> Response:
     _, bucket = await _readable_bucket(request)
     schema = request.app.state.registry.schema(bucket.id, request.path_params["measurement"])

@@ -88,9 +88,9 @@ def upgrade() -> None:
         ).columns(attributes=sa.JSON)  # SQLite hands JSON back as text unless told its type
     ).all()
     history = conn.execute(
-        sa.text(
-            "SELECT org_id, device, time_ns, attributes FROM device_attribute_history"
-        ).columns(attributes=sa.JSON)
+        sa.text("SELECT org_id, device, time_ns, attributes FROM device_attribute_history").columns(
+            attributes=sa.JSON
+        )
     ).all()
     op.drop_table("devices")
     op.drop_index("ix_device_history", "device_attribute_history")
