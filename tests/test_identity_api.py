@@ -528,3 +528,42 @@ def test_removing_a_member_from_their_last_org_deletes_the_account(app_client: T
     )
     assert set_pw.status_code == 204
     sign_in(c, "viewer@acme.io", "brand new pass")
+
+
+def test_an_existing_account_is_invited_and_joins_only_by_accepting(
+    app_client: TestClient,
+) -> None:
+    c = app_client
+    acme = make_org(c, "acme")
+    beta = make_org(c, "beta")
+    beta_owner = {"Authorization": beta["owner"]}
+    invited = c.post(
+        "/api/v1/users", json={"email": "member@acme.io", "role": "viewer"}, headers=beta_owner
+    )
+    assert invited.status_code == 202, invited.text
+    body = invited.json()
+    assert set(body) == {"id", "org", "email", "role", "createdAt", "expiresAt"}
+    assert body["org"]["name"] == "beta"  # nothing of the account but the email asked for
+    listed = c.get("/api/v1/invitations", headers=beta_owner).json()["invitations"]
+    assert [i["id"] for i in listed] == [body["id"]]
+    member = {"Authorization": acme["member"]}
+    # not a member until accepted
+    assert c.get("/api/v1/devices?org=beta", headers=member).status_code == 403
+    mine = c.get("/api/v1/me/invitations", headers=member).json()["invitations"]
+    assert [(i["id"], i["org"]["name"], i["role"]) for i in mine] == [
+        (body["id"], "beta", "viewer")
+    ]
+    assert c.post(f"/api/v1/me/invitations/{body['id']}", headers=member).status_code == 204
+    assert c.get("/api/v1/devices?org=beta", headers=member).status_code == 200
+    orgs = c.get("/api/v1/orgs", headers=member).json()["orgs"]
+    assert [(o["name"], o["role"]) for o in orgs] == [("acme", "member"), ("beta", "viewer")]
+    # an invitation is for its account only, and used once
+    again = c.post(f"/api/v1/me/invitations/{body['id']}", headers=member)
+    assert again.status_code == 404
+    other = c.post(
+        "/api/v1/users", json={"email": "viewer@acme.io", "role": "viewer"}, headers=beta_owner
+    ).json()
+    assert c.post(f"/api/v1/me/invitations/{other['id']}", headers=member).status_code == 404
+    viewer = {"Authorization": acme["viewer"]}
+    assert c.delete(f"/api/v1/me/invitations/{other['id']}", headers=viewer).status_code == 204
+    assert c.get("/api/v1/invitations", headers=beta_owner).json()["invitations"] == []

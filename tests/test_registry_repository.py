@@ -39,7 +39,7 @@ from motes.registry.service import Registry
 from motes.registry.sessions import OAuthError, TokenPair
 from motes.registry.tables import metadata
 from motes.registry.tables import secrets as secrets_table
-from motes.registry.users import SETUP_TOKEN_SECONDS, OwnerSpec, User
+from motes.registry.users import SETUP_TOKEN_SECONDS, Invitation, OwnerSpec, User
 
 MASTER_KEY = bytes(range(32))
 OTHER_KEY = bytes(range(32, 64))
@@ -393,7 +393,13 @@ def test_one_orgs_admin_cannot_disable_or_reset_an_account_shared_with_another_o
     shared = add_user(registry, ana, "shared@example.com", "viewer")
     add_user(registry, operator, "admin@example.com", "admin")
     admin = sign_in(registry, "admin@example.com")
-    registry.users.add(admin.org_id, admin, actor(admin), "shared@example.com", "", "member", None)
+    invited, _ = registry.users.add(
+        admin.org_id, admin, actor(admin), "shared@example.com", "", "member", None
+    )
+    assert isinstance(invited, Invitation)  # an existing account is invited, not added
+    with pytest.raises(NotFound):  # the invitation is its holder's to answer
+        registry.users.answer_invitation(ana.id, invited.id, True, actor(ana))
+    registry.users.answer_invitation(shared.id, invited.id, True, Actor(f"user:{shared.id}"))
     before = snapshot(registry)
     with pytest.raises(Conflict):
         registry.users.update(admin.org_id, shared.id, admin, actor(admin), disabled=True)

@@ -11,6 +11,15 @@ carries ``status`` and the server's ``message``). Only writes are retried — on
 honouring Retry-After, and on network errors once the server has answered — because a
 write batch is what a long upload must not lose; other calls fail fast so that a typo
 in --url shows at once.
+
+Identity endpoints go through one generic call, paths built with :func:`api_path`:
+
+    client.call("GET", api_path("devices"), params=[("tag", "lab")])   # ?org= added
+    client.call("POST", api_path("devices", "d1", "key"))              # {} on 204
+
+A client made with a :class:`Session` (a ``motes login`` sign-in) sends its token as
+``Bearer``; on a 401 it trades the refresh token for a new pair at ``/oauth/token``,
+hands the pair to ``Session.save`` and sends the request once more.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import httpx
 from motes import __version__
 
 DEFAULT_URL = "http://127.0.0.1:8086"
+CLIENT_ID = "motes-cli"  # recorded by the server for sign-ins (RFC 6749 public client)
 WRITE_PATH = "/api/v2/write"
 RETRY_STATUSES = frozenset({429, 503})
 MAX_WAIT_SECONDS = 60.0  # caps both Retry-After and the backoff: a CLI should not hang
@@ -56,15 +66,24 @@ class ApiError(MotesError):
 
     @classmethod
     def from_response(cls, response: httpx.Response, suffix: str = "") -> ApiError:
+        """The server's message (``error_description`` from ``/oauth/*``), then each
+        listed error on a line of its own."""
         body = _json_or_none(response)
-        message = body.get("message") if isinstance(body, dict) else None
-        code = body.get("code") if isinstance(body, dict) else None
-        if not isinstance(message, str) or not message:
+        body = body if isinstance(body, dict) else {}
+        message = body.get("message") or body.get("error_description") or body.get("error")
+        code = body.get("code") or body.get("error")
+        if not isinstance(message, str):
             text = response.text.strip()[:200]
             message = f"HTTP {response.status_code} {response.reason_phrase}" + (
                 f": {text}" if text else ""
             )
-        return cls(response.status_code, message + suffix, code if isinstance(code, str) else None)
+        details = [_describe(e) for e in _line_errors(body)]
+        text = "\n".join([message + suffix, *details])
+        return cls(response.status_code, text, code if isinstance(code, str) else None)
+
+
+def _describe(error: LineError) -> str:
+    return error.message if error.line is None else f"line {error.line}: {error.message}"
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,18 @@ class LineError:
 
     line: int | None
     message: str
+
+
+@dataclass
+class Session:
+    """A ``motes login`` sign-in: its refresh token, and how to keep a rotated pair.
+
+    ``save(access_token, refresh_token)`` is called after every refresh: refresh tokens
+    rotate, and presenting a retired one ends the whole session on the server.
+    """
+
+    refresh_token: str
+    save: Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -104,6 +135,7 @@ class MotesClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        session: Session | None = None,
     ) -> None:
         # "localhost:8086" is what people type; httpx would read "localhost" as the scheme.
         self.url = url if "://" in url else f"http://{url}"
@@ -116,15 +148,19 @@ class MotesClient:
         self.backoff = backoff
         self._sleep = sleep
         self._answered = False  # has the server answered this client yet?
-        headers = {"User-Agent": f"motes-cli/{__version__}"}
-        if token:
-            headers["Authorization"] = f"Token {token}"
+        self._session = session
         self._http = httpx.Client(
             base_url=self.url,
-            headers=headers,
+            headers={"User-Agent": f"motes-cli/{__version__}"},
             timeout=httpx.Timeout(timeout, connect=5.0),
             transport=transport,
         )
+        if token:
+            self.authorize(token, "Bearer" if session else "Token")
+
+    def authorize(self, token: str, scheme: str = "Bearer") -> None:
+        """Send ``Authorization: <scheme> <token>`` from now on."""
+        self._http.headers["Authorization"] = f"{scheme} {token}"
 
     def __enter__(self) -> MotesClient:
         return self
@@ -167,15 +203,78 @@ class MotesClient:
         headers = {"Accept": "text/csv"}
         return self._send("GET", "/api/v1/query", params=params, headers=headers).text
 
+    def call(
+        self, method: str, path: str, *, params: Params = (), in_org: bool = True, **kwargs: Any
+    ) -> dict[str, Any]:
+        """A call answered with a JSON object, or ``{}`` for an empty answer (204).
+
+        ``?org=`` names the client's org unless ``in_org`` is false (calls about the
+        credentials themselves, such as listing one's orgs). ``kwargs`` go to httpx:
+        ``json=``, ``content=``, ``headers=``.
+        """
+        query = [*params, ("org", self.org)] if in_org else list(params)
+        response = self._send(method, path, params=query, **kwargs)
+        if response.status_code == 204 or not response.content:
+            return {}
+        return _json_object(response)
+
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
-        self._answered = True
+        response = self._request(self._http.build_request(method, path, **kwargs))
+        if response.status_code == 401 and self._refresh():
+            response = self._request(self._http.build_request(method, path, **kwargs))
         if response.status_code >= 400:
             raise ApiError.from_response(response)
         return response
+
+    def _request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = self._http.send(request)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        self._answered = True
+        return response
+
+    # -- OAuth2 sign-in --------------------------------------------------------------------
+
+    def grant(self, **form: str) -> dict[str, Any]:
+        """``POST /oauth/token`` (form-encoded, no credentials): the token response.
+
+        ``client.grant(grant_type="password", username="ana@example.com", password=...)``
+        """
+        return _json_object(self._oauth("/oauth/token", form))
+
+    def revoke(self, token: str) -> None:
+        """``POST /oauth/revoke`` (RFC 7009): ends the sign-in session of ``token``."""
+        self._oauth("/oauth/revoke", {"token": token})
+
+    def _oauth(self, path: str, form: dict[str, str]) -> httpx.Response:
+        request = self._http.build_request("POST", path, data={**form, "client_id": CLIENT_ID})
+        request.headers.pop("Authorization", None)  # a stale access token has no place here
+        response = self._request(request)
+        if response.status_code >= 400:
+            raise ApiError.from_response(response)
+        return response
+
+    def _refresh(self) -> bool:
+        """Trade the session's refresh token for a new pair; False without a session."""
+        session = self._session
+        if session is None:
+            return False
+        try:
+            answer = self.grant(grant_type="refresh_token", refresh_token=session.refresh_token)
+        except ApiError as exc:
+            if exc.status in (400, 401):  # expired, revoked or retired: the session is over
+                raise ApiError(401, f"sign-in expired: {exc}", exc.code) from exc
+            raise
+        access = answer.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise MotesError("unexpected answer from /oauth/token: no access_token")
+        rotated = answer.get("refresh_token")
+        if isinstance(rotated, str) and rotated:
+            session.refresh_token = rotated
+        session.save(access, session.refresh_token)
+        self.authorize(access, "Bearer")
+        return True
 
     def _unreachable(self, exc: httpx.TransportError) -> Unreachable:
         if isinstance(exc, httpx.ConnectError):
@@ -207,6 +306,7 @@ class MotesClient:
         content = gzip.compress(body, compresslevel=1, mtime=0)
         headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip"}
         attempt = 0
+        refreshed = False
         while True:
             try:
                 response = self._http.post(
@@ -223,6 +323,9 @@ class MotesClient:
                 self._pause(attempt, None, str(self._unreachable(exc)), on_retry)
             else:
                 self._answered = True
+                if response.status_code == 401 and not refreshed and self._refresh():
+                    refreshed = True  # a long upload outlives an access token
+                    continue
                 if response.status_code not in RETRY_STATUSES:
                     return _write_result(response)
                 if attempt >= self.retries:
@@ -244,6 +347,11 @@ class MotesClient:
         if on_retry is not None:
             on_retry(f"{reason}; retry {attempt + 1}/{self.retries} in {delay:.1f}s")
         self._sleep(delay)
+
+
+def api_path(*parts: str) -> str:
+    """``/api/v1/`` and the parts, each percent-encoded: ``api_path("devices", "d 1")``."""
+    return "/api/v1/" + "/".join(quote(part, safe="") for part in parts)
 
 
 def _write_result(response: httpx.Response) -> WriteOutcome:

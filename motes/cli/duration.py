@@ -65,8 +65,10 @@ def format_retention(bucket: Mapping[str, object]) -> str:
         return text or "infinite"
 
 
-def duration_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+def duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click option callback: checks a duration and passes its text on unchanged."""
+    if value is None:  # an option without a default, left out
+        return None
     try:
         parse_duration(value)
     except ValueError as exc:

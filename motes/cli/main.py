@@ -1,13 +1,28 @@
-"""The ``motes`` command.
+"""The ``motes`` command; docs/cli.md lists every command with an example.
 
     motes serve [--data-dir PATH] [--http-port N] [--mqtt-port N] [--host ADDR] [--config FILE]
+    motes db upgrade [--data-dir PATH] [--registry-url URL] [--config FILE]
     motes version [--url URL]
-    motes buckets list [--json] | create NAME [--retention 30d] | delete NAME
+    motes config create NAME [-u URL] [-t TOKEN] [-o ORG] [-a] | use NAME | list | delete NAME
+    motes login --email E | logout | whoami
+    motes buckets list | create NAME [--retention 30d] | delete NAME
     motes write -f FILE [--bucket B] [--precision ns|us|ms|s] [--format lp|csv] [--resume] ...
     motes query --bucket B --measurement M [--field F]... [--tag k=v]... [--start -1h] ...
+    motes orgs list | create NAME [--owner-email E [--owner-password P]]
+    motes users list | create EMAIL --role R | update ID ... | delete ID | reset-password ID
+    motes devices list | create ID | show ID | update ID | delete ID | rotate-key ID
+                  | revoke-key ID | import FILE.csv
+    motes channels list | create ID | delete ID | connect CH DEV | disconnect CH DEV
+                   | devices CH | publish CH [--subtopic S] (-f FILE | --data TEXT)
+    motes tokens list | create [--read-bucket ID]... [--expires-in 30d] | update ID | delete ID
+    motes secrets list | set KEY [--value V] | delete KEY
 
-Client commands take ``--url`` (MOTES_URL), ``--token`` (MOTES_TOKEN) and ``--org``
-(MOTES_ORG), and report failures as ``Error: ...`` with exit code 1, never a traceback.
+Client commands take ``--url``, ``--token``, ``--org`` and ``--profile``; each value comes
+from its option, else its MOTES_* variable, else the profile (``--profile``, MOTES_PROFILE,
+else the active one; see :mod:`motes.cli.profiles`), else the default. They print tables,
+or the server's JSON with ``--json``; keys and tokens only once, when created. Failures are
+``Error: <message>`` with exit code 1, never a traceback.
+
 Tests may hand in a client factory as click's ``obj``:
 ``CliRunner().invoke(main, args, obj=functools.partial(MotesClient, sleep=waits.append))``.
 """
@@ -15,25 +30,31 @@ Tests may hand in a client factory as click's ``obj``:
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
-import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from motes import __version__
-from motes.cli.client import DEFAULT_URL, ApiError, MotesClient, MotesError
+from motes.cli.accounts import orgs, secrets, tokens, users
+from motes.cli.client import MotesClient, MotesError
+from motes.cli.configs import config, login, logout, whoami
 from motes.cli.csvconv import CsvOptions
+from motes.cli.db import db, load_settings
+from motes.cli.devices import channels, devices
 from motes.cli.duration import duration_option
+from motes.cli.options import (
+    PROFILE_OPTION,
+    URL_OPTION,
+    client_factory,
+    echo_json,
+    json_option,
+    target,
+    with_client,
+)
 from motes.cli.output import format_buckets, format_query_tables
-from motes.cli.write import Summary, WriteJob, WriteStopped, detect_format, run_write
-from motes.settings import Settings
-
-ClientFactory = Callable[..., MotesClient]
+from motes.cli.write import Summary, WriteJob, detect_format, run_write
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,71 +65,9 @@ def main() -> None:
     """Motes: an open-source IoT data platform."""
 
 
-# -- plumbing ---------------------------------------------------------------------------------
-
-
-def _factory(ctx: click.Context) -> ClientFactory:
-    obj = ctx.find_root().obj
-    return obj if callable(obj) else MotesClient
-
-
-_URL_OPTION = click.option(
-    "--url",
-    envvar="MOTES_URL",
-    default=DEFAULT_URL,
-    show_default=True,
-    show_envvar=True,
-    help="URL of the Motes server.",
-)
-_CLIENT_OPTIONS = (
-    click.option(
-        "--org",
-        envvar="MOTES_ORG",
-        default="main",
-        show_default=True,
-        show_envvar=True,
-        help="Organisation.",
-    ),
-    click.option("--token", envvar="MOTES_TOKEN", show_envvar=True, help="API token."),
-    _URL_OPTION,
-)
-
-
-def with_client(func: Callable[..., None]) -> Callable[..., None]:
-    """Give a command --url/--token/--org and call it with a MotesClient first.
-
-    Put it right above ``def`` so that the command's own options are listed first.
-    Client failures become ``Error: <message>`` (exit code 1) with a hint when one helps.
-    """
-
-    @functools.wraps(func)
-    def command(url: str, token: str | None, org: str, **kwargs: Any) -> None:
-        try:
-            with _factory(click.get_current_context())(url, token=token, org=org) as client:
-                func(client, **kwargs)
-        except MotesError as exc:
-            raise click.ClickException(_explain(exc, token)) from exc
-
-    for option in _CLIENT_OPTIONS:
-        command = option(command)
-    return command
-
-
-def _explain(exc: MotesError, token: str | None) -> str:
-    """The error message, with a hint for statuses the user can do something about."""
-    cause = exc.__cause__ if isinstance(exc, WriteStopped) else exc
-    status = cause.status if isinstance(cause, ApiError) else None
-    hints = {
-        401: "check --token (or MOTES_TOKEN)" if token else "pass --token or set MOTES_TOKEN",
-        403: "the token is not allowed to do this",
-        413: "the request is too large: lower --batch-size",
-    }
-    first, _, rest = str(exc).partition("\n")
-    return "\n".join(part for part in (first, hints.get(status or 0, ""), rest) if part)
-
-
-def _echo_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2))
+_GROUPS = [config, login, logout, whoami, orgs, users, tokens, secrets, devices, channels, db]
+for _group in _GROUPS:
+    main.add_command(_group)
 
 
 # -- serve / version --------------------------------------------------------------------------
@@ -142,18 +101,9 @@ def serve(
     Options left out come from the --config file, then MOTES_* environment variables,
     then defaults.
     """
-    given = {
-        "data_dir": data_dir,
-        "http_port": http_port,
-        "mqtt_port": mqtt_port,
-        "http_host": http_host,
-    }
-    # Only options actually given override: None would mask MOTES_* and the TOML file.
-    overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
-    try:
-        settings = Settings.from_toml(config, **overrides) if config else Settings(**overrides)
-    except (ValidationError, tomllib.TOMLDecodeError) as exc:
-        raise click.ClickException(f"invalid settings: {exc}") from exc
+    settings = load_settings(
+        config, data_dir=data_dir, http_port=http_port, mqtt_port=mqtt_port, http_host=http_host
+    )
     # Imported here: the server pulls in DuckDB, Arrow and Starlette, which the client
     # commands do not need.
     from motes.server import serve as run_server
@@ -162,13 +112,14 @@ def serve(
 
 
 @main.command()
-@_URL_OPTION
-@click.pass_context
-def version(ctx: click.Context, url: str) -> None:
+@URL_OPTION
+@PROFILE_OPTION
+def version(url: str | None, profile: str | None) -> None:
     """Print the versions of the CLI and of the server at --url."""
     click.echo(f"motes {__version__}")
     try:
-        with _factory(ctx)(url) as client:
+        url = target(url, None, None, profile).url
+        with client_factory()(url) as client:
             server_version = client.health().get("version")
     except MotesError as exc:
         click.echo(f"server: {exc}", err=True)  # not a failure: the CLI's version is printed
@@ -186,13 +137,13 @@ def buckets() -> None:
 
 
 @buckets.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option
 @with_client
 def list_buckets(client: MotesClient, as_json: bool) -> None:
     """List the buckets of the org."""
     found = client.list_buckets()
     if as_json:
-        _echo_json(found)
+        echo_json(found)
     else:
         click.echo(format_buckets(found))
 
@@ -206,10 +157,15 @@ def list_buckets(client: MotesClient, as_json: bool) -> None:
     show_default=True,
     help="How long to keep data: 30d, 720h, 1h30m...; 0 keeps it forever.",
 )
+@json_option
 @with_client
-def create_bucket(client: MotesClient, name: str, retention: str) -> None:
+def create_bucket(client: MotesClient, name: str, retention: str, as_json: bool) -> None:
     """Create bucket NAME."""
-    click.echo(format_buckets([client.create_bucket(name, retention)]))
+    created = client.create_bucket(name, retention)
+    if as_json:
+        echo_json(created)
+    else:
+        click.echo(format_buckets([created]))
 
 
 @buckets.command("delete")
@@ -421,7 +377,7 @@ def query(
         return
     answer = client.query_json(params)
     if as_json:
-        _echo_json(answer)
+        echo_json(answer)
         return
     tables = answer.get("tables") or []
     click.echo("\n\n".join(format_query_tables(tables)) if tables else "No data.")

@@ -6,10 +6,17 @@ print(format_table(["ID", "Name"], [["0a1", "telemetry"]]))
 
 for block in format_query_tables(response["tables"]):
     print(block)        # "Table: measurement=env device=d1" + a fixed-width table
+
+Any list of API objects, with its columns given as (header, key) pairs; a dotted key
+reads a nested object, lists are joined with commas, objects shown as compact JSON:
+
+print(format_records(devices, [("ID", "id"), ("Tags", "tags"), ("Org", "org.name")]))
+print(format_records([device], DEVICE_COLUMNS, vertical=True))   # one "Field  Value" row each
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +34,10 @@ def format_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return ",".join(format_value(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
     return str(value)
 
 
@@ -42,6 +53,27 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
         _GAP.join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip()
         for line in lines
     )
+
+
+Columns = Sequence[tuple[str, str]]
+
+
+def format_records(
+    records: Sequence[Mapping[str, Any]], columns: Columns, *, vertical: bool = False
+) -> str:
+    """API objects as a table: a row per object, or with ``vertical`` a row per column."""
+    if vertical:
+        rows = [[header, _lookup(r, key)] for r in records for header, key in columns]
+        return format_table(["Field", "Value"], rows)
+    headers = [header for header, _ in columns]
+    return format_table(headers, [[_lookup(r, key) for _, key in columns] for r in records])
+
+
+def _lookup(record: Mapping[str, Any], key: str) -> object:
+    value: object = record
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 def bucket_row(bucket: Mapping[str, Any]) -> list[object]:

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from motes.apispec import operation, parse_body, parse_query
 from motes.http import actor_of, authenticate
 from motes.registry.api_orgs import dump, need
-from motes.registry.models import Invalid, Principal, parse_duration
+from motes.registry.models import Action, Invalid, Principal, parse_duration
 from motes.registry.schemas import (
     AuditEventOut,
     AuditList,
@@ -51,7 +51,7 @@ def token_out(t: TokenInfo) -> dict[str, Any]:
     }
 
 
-def _context(request: Request, action: str, kind: str) -> tuple[Principal, str]:
+def _context(request: Request, action: Action, kind: str) -> tuple[Principal, str]:
     principal = authenticate(request)
     org = resolve_org(request, principal)
     need(principal, action, kind)
@@ -84,7 +84,9 @@ async def create_token(request: Request) -> Response:
     expires = parse_duration(data.expires_in) if data.expires_in is not None else 0
     if data.expires_in is not None and not expires:
         raise Invalid('"expiresIn" must be a positive duration; leave it out for no expiry')
-    tokens = request.app.state.registry.tokens
+    registry = request.app.state.registry
+    await run_in_threadpool(registry.check_grant, principal, data.permissions or [])
+    tokens = registry.tokens
     info, secret = await run_in_threadpool(
         tokens.create,
         principal,

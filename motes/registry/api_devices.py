@@ -28,7 +28,7 @@ from motes.http import actor_of, authenticate, read_body
 from motes.registry.api_orgs import dump, need
 from motes.registry.common import check_name
 from motes.registry.devices import Channel, Device, DeviceSpec
-from motes.registry.models import Bucket, Forbidden, Invalid, NotFound, Org, Principal
+from motes.registry.models import Action, Bucket, Invalid, NotFound, Org, Principal
 from motes.registry.schemas import (
     AttributeChange,
     ChannelCreate,
@@ -92,7 +92,7 @@ def device_out(request: Request, org: Org, d: Device) -> dict[str, Any]:
     }
 
 
-def _context(request: Request, action: str) -> tuple[Principal, Org]:
+def _context(request: Request, action: Action) -> tuple[Principal, Org]:
     principal = authenticate(request)
     org = resolve_org(request, principal)
     need(principal, action, "devices", request.path_params.get("device"))
@@ -138,11 +138,7 @@ def _without_meta(request: Request, items: list[tuple[str, str]]) -> Request:
 
 
 def _spec(request: Request, org: Org, principal: Principal, data: DeviceCreate) -> DeviceSpec:
-    for perm in data.permissions:
-        from motes.registry.models import Permission
-
-        if not principal.holds(Permission.parse(perm)):
-            raise Forbidden(f'you cannot grant "{perm}": you do not hold it')
+    request.app.state.registry.check_grant(principal, data.permissions)
     check_name("device", data.id)
     return DeviceSpec(
         id=data.id,
@@ -293,11 +289,8 @@ async def get_device(request: Request) -> Response:
 async def update_device(request: Request) -> Response:
     principal, org = _context(request, "write")
     data = await parse_body(request, DeviceUpdate)
-    for perm in data.permissions or []:
-        from motes.registry.models import Permission
-
-        if not principal.holds(Permission.parse(perm)):
-            raise Forbidden(f'you cannot grant "{perm}": you do not hold it')
+    registry = request.app.state.registry
+    await run_in_threadpool(registry.check_grant, principal, data.permissions or [])
     devices = request.app.state.registry.devices
     device = await run_in_threadpool(
         lambda: devices.update(
@@ -376,7 +369,7 @@ def channel_out(request: Request, org: Org, c: Channel) -> ChannelOut:
     )
 
 
-def _channel_context(request: Request, action: str) -> tuple[Principal, Org]:
+def _channel_context(request: Request, action: Action) -> tuple[Principal, Org]:
     principal = authenticate(request)
     org = resolve_org(request, principal)
     need(principal, action, "channels", request.path_params.get("channel"))

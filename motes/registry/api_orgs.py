@@ -9,15 +9,19 @@ POST /api/v1/users/{user}/password-reset
 
 from __future__ import annotations
 
+from typing import cast
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from motes.apispec import operation, parse_body
-from motes.http import JSONResponse, actor_of, authenticate
-from motes.registry.models import Forbidden, NotFound, Org, Principal
+from motes.http import JSONResponse, actor_of, authenticate, credentials_from
+from motes.registry.models import Action, Forbidden, NotFound, Org, Principal
 from motes.registry.schemas import (
+    InvitationList,
+    InvitationOut,
     OrgCreate,
     OrgCreated,
     OrgList,
@@ -25,6 +29,7 @@ from motes.registry.schemas import (
     OrgRef,
     OrgUpdate,
     ResetIssued,
+    Role,
     UserCreate,
     UserCreated,
     UserList,
@@ -32,12 +37,12 @@ from motes.registry.schemas import (
     UserUpdate,
     iso,
 )
-from motes.registry.users import OwnerSpec, User
+from motes.registry.users import Invitation, OwnerSpec, User
 from motes.telemetry.api import resolve_org
 
 
-def need(principal: Principal, action: str, kind: str, ident: str | None = None) -> None:
-    if not principal.allows(action, kind, ident):  # type: ignore[arg-type]
+def need(principal: Principal, action: Action, kind: str, ident: str | None = None) -> None:
+    if not principal.allows(action, kind, ident):
         raise Forbidden(f"this needs {action}:{kind}" + (f"/{ident}" if ident else ""))
 
 
@@ -46,11 +51,15 @@ def user_out(user: User) -> UserOut:
         id=user.id,
         email=user.email,
         name=user.name,
-        role=user.role,  # type: ignore[arg-type]
+        role=as_role(user.role),
         disabled=user.disabled,
         created_at=iso(user.created_ns),
         last_login_at=iso(user.last_login_ns),
     )
+
+
+def as_role(role: str | None) -> Role | None:
+    return cast("Role | None", role)
 
 
 def dump(model: object, status: int = 200) -> JSONResponse:
@@ -69,10 +78,13 @@ async def list_orgs(request: Request) -> Response:
     registry = request.app.state.registry
     if principal.kind == "user":
         pairs = await run_in_threadpool(registry.users.orgs_of, principal.id)
-        orgs = [OrgRef(id=o.id, name=o.name, role=role) for o, role in pairs]
+        orgs = [
+            OrgRef(id=o.id, name=o.name, created_at=iso(o.created_ns), role=role)
+            for o, role in pairs
+        ]
     else:
         org = resolve_org(request, principal)
-        orgs = [OrgRef(id=org.id, name=org.name)]
+        orgs = [OrgRef(id=org.id, name=org.name, created_at=iso(org.created_ns))]
     return dump(OrgList(orgs=orgs))
 
 
@@ -94,7 +106,12 @@ async def create_org(request: Request) -> Response:
         registry.users.create_org, principal, actor_of(request, principal), data.name, owner
     )
     out = OrgCreated(
-        org=OrgRef(id=org.id, name=org.name, role="owner" if user is None else None),
+        org=OrgRef(
+            id=org.id,
+            name=org.name,
+            created_at=iso(org.created_ns),
+            role="owner" if user is None else None,
+        ),
         owner=user_out(user) if user else None,
         setup_token=setup,
     )
@@ -115,7 +132,11 @@ def _path_org(request: Request) -> tuple[Principal, Org]:
 async def get_org(request: Request) -> Response:
     principal, org = _path_org(request)
     need(principal, "read", "orgs")
-    return dump(OrgRef(id=org.id, name=org.name, role=principal.role))  # type: ignore[arg-type]
+    return dump(
+        OrgRef(
+            id=org.id, name=org.name, created_at=iso(org.created_ns), role=as_role(principal.role)
+        )
+    )
 
 
 @operation(
@@ -132,7 +153,11 @@ async def update_org(request: Request) -> Response:
     data = await parse_body(request, OrgUpdate)
     registry = request.app.state.registry
     await run_in_threadpool(registry.rename_org, org.id, actor_of(request, principal), data.name)
-    return dump(OrgRef(id=org.id, name=data.name, role=principal.role))  # type: ignore[arg-type]
+    return dump(
+        OrgRef(
+            id=org.id, name=data.name, created_at=iso(org.created_ns), role=as_role(principal.role)
+        )
+    )
 
 
 @operation("Members of the org", ["users"], query=OrgQuery, responses={200: UserList})
@@ -145,12 +170,15 @@ async def list_users(request: Request) -> Response:
 
 
 @operation(
-    "Add a member (a new account for an unknown email)",
+    "Add a member: a new account for an unknown email, an invitation for a known one",
     ["users"],
     body=UserCreate,
     query=OrgQuery,
-    responses={201: UserCreated},
+    responses={201: UserCreated, 202: InvitationOut},
     errors=(400, 401, 403, 409),
+    description="An email that already has an account gets an invitation (202) that its "
+    "holder accepts with POST /api/v1/me/invitations/{invitation}; nothing of the account is "
+    "shown.",
 )
 async def create_user(request: Request) -> Response:
     principal = authenticate(request)
@@ -168,8 +196,104 @@ async def create_user(request: Request) -> Response:
         data.role,
         data.password,
     )
+    if isinstance(user, Invitation):
+        return dump(invitation_out(user), 202)
     out = UserCreated(**user_out(user).model_dump(), setup_token=setup)
     return dump(out, 201)
+
+
+def invitation_out(invitation: Invitation) -> InvitationOut:
+    org = invitation.org
+    return InvitationOut(
+        id=invitation.id,
+        org=OrgRef(id=org.id, name=org.name, created_at=iso(org.created_ns)),
+        email=invitation.email,
+        role=as_role(invitation.role) or "viewer",
+        created_at=iso(invitation.created_ns),
+        expires_at=iso(invitation.expires_ns),
+    )
+
+
+@operation(
+    "Open invitations of the org", ["users"], query=OrgQuery, responses={200: InvitationList}
+)
+async def list_invitations(request: Request) -> Response:
+    principal = authenticate(request)
+    org = resolve_org(request, principal)
+    need(principal, "read", "users")
+    found = await run_in_threadpool(request.app.state.registry.users.invitations, org.id)
+    return dump(InvitationList(invitations=[invitation_out(i) for i in found]))
+
+
+@operation(
+    "Withdraw an invitation",
+    ["users"],
+    query=OrgQuery,
+    responses={204: None},
+    errors=(401, 403, 404),
+)
+async def revoke_invitation(request: Request) -> Response:
+    principal = authenticate(request)
+    org = resolve_org(request, principal)
+    need(principal, "write", "users")
+    users = request.app.state.registry.users
+    await run_in_threadpool(
+        users.revoke_invitation,
+        org.id,
+        request.path_params["invitation"],
+        actor_of(request, principal),
+    )
+    return Response(status_code=204)
+
+
+def _signed_in(request: Request) -> Principal:
+    """The signed-in account, which may belong to no org yet; naming an org it is not a
+    member of is refused as everywhere else."""
+    scheme, secret = credentials_from(request)
+    if scheme != "bearer":
+        raise Forbidden("only signed-in users have invitations")
+    if request.query_params.get("org") or request.query_params.get("orgID"):
+        authenticate(request)
+    principal: Principal = request.app.state.registry.sessions.authenticate_account(secret)
+    return principal
+
+
+@operation(
+    "Invitations to join orgs, for the signed-in user",
+    ["auth"],
+    responses={200: InvitationList},
+    errors=(401, 403),
+)
+async def my_invitations(request: Request) -> Response:
+    principal = _signed_in(request)
+    users = request.app.state.registry.users
+    found = await run_in_threadpool(lambda: users.invitations(user_id=principal.id))
+    return dump(InvitationList(invitations=[invitation_out(i) for i in found]))
+
+
+async def _answer(request: Request, accept: bool) -> Response:
+    principal = _signed_in(request)
+    users = request.app.state.registry.users
+    await run_in_threadpool(
+        users.answer_invitation,
+        principal.id,
+        request.path_params["invitation"],
+        accept,
+        actor_of(request, principal),
+    )
+    return Response(status_code=204)
+
+
+@operation(
+    "Accept an invitation: become a member", ["auth"], responses={204: None}, errors=(401, 403, 404)
+)
+async def accept_invitation(request: Request) -> Response:
+    return await _answer(request, True)
+
+
+@operation("Decline an invitation", ["auth"], responses={204: None}, errors=(401, 403, 404))
+async def decline_invitation(request: Request) -> Response:
+    return await _answer(request, False)
 
 
 @operation("A member", ["users"], query=OrgQuery, responses={200: UserOut})
@@ -262,4 +386,9 @@ routes = [
     Route("/api/v1/users/{user}", update_user, methods=["PATCH"]),
     Route("/api/v1/users/{user}", delete_user, methods=["DELETE"]),
     Route("/api/v1/users/{user}/password-reset", reset_password, methods=["POST"]),
+    Route("/api/v1/invitations", list_invitations, methods=["GET"]),
+    Route("/api/v1/invitations/{invitation}", revoke_invitation, methods=["DELETE"]),
+    Route("/api/v1/me/invitations", my_invitations, methods=["GET"]),
+    Route("/api/v1/me/invitations/{invitation}", accept_invitation, methods=["POST"]),
+    Route("/api/v1/me/invitations/{invitation}", decline_invitation, methods=["DELETE"]),
 ]

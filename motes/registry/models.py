@@ -23,6 +23,7 @@ Action = Literal["read", "write"]
 class Org:
     id: str
     name: str
+    created_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Bucket:
 
 
 RESOURCE_TYPES = ("buckets", "devices", "channels", "tokens", "users", "secrets", "audit", "orgs")
+#: types whose permissions may name one object: ``read:buckets/<id>``
+OBJECT_TYPES = ("buckets", "devices", "channels")
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,16 @@ class Permission:
     def parse(cls, text: str) -> Permission:
         action, _, resource = text.partition(":")
         kind, slash, ident = resource.partition("/")
-        if action not in ("read", "write") or kind not in RESOURCE_TYPES or (slash and not ident):
+        if (
+            action not in ("read", "write")
+            or kind not in RESOURCE_TYPES
+            or (slash and (not ident or "/" in ident))
+            or (ident and kind not in OBJECT_TYPES)
+        ):
             raise Invalid(
-                f'invalid permission "{text}": expected read:<type> or write:<type>[/<id>] '
-                f"with type one of {', '.join(RESOURCE_TYPES)}"
+                f'invalid permission "{text}": expected read:<type> or write:<type> with type '
+                f"one of {', '.join(RESOURCE_TYPES)}, or read|write:<type>/<id> for "
+                f"{', '.join(OBJECT_TYPES)}"
             )
         return cls(action, resource)  # type: ignore[arg-type]
 

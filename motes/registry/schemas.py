@@ -39,6 +39,7 @@ class OrgRef(ApiModel):
     id: str
     name: str
     role: Role | None = None
+    created_at: str | None = None
 
 
 class Me(ApiModel):
@@ -109,6 +110,19 @@ class UserCreate(ApiModel):
 
 class UserCreated(UserOut):
     setup_token: str | None = None
+
+
+class InvitationOut(ApiModel):
+    id: str
+    org: OrgRef
+    email: str
+    role: Role
+    created_at: str | None
+    expires_at: str | None
+
+
+class InvitationList(ApiModel):
+    invitations: list[InvitationOut]
 
 
 class UserUpdate(ApiModel):

@@ -33,10 +33,12 @@ from motes.registry.models import (
     Bucket,
     Conflict,
     FieldSpec,
+    Forbidden,
     Invalid,
     MeasurementSchema,
     NotFound,
     Org,
+    Permission,
     Principal,
     Unauthorized,
 )
@@ -159,6 +161,23 @@ class Registry:
             raise Unauthorized("unauthorized access: invalid device key")
         return self.tokens.authenticate(secret)
 
+    def check_grant(self, by: Principal, permissions: list[str]) -> None:
+        """``by`` may hand out ``permissions``: it holds each, and each object named is one of
+        its org's (a token must not point at another org's bucket, even uselessly)."""
+        for text in permissions:
+            permission = Permission.parse(text)
+            if not by.holds(permission):
+                raise Forbidden(f'you cannot grant "{permission}": you do not hold it')
+            kind, _, ident = permission.resource.partition("/")
+            if not ident:
+                continue
+            if kind == "buckets":
+                self.bucket(by.org_id, ident)
+            elif kind == "devices":
+                self.devices.get(by.org_id, ident)
+            else:
+                self.devices.channel(by.org_id, ident)
+
     def audit_events(
         self, org_id: str, limit: int = 100, before: int | None = None, action: str | None = None
     ) -> list[AuditEvent]:
@@ -200,10 +219,12 @@ class Registry:
         if cached is not None:
             return cached
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(orgs.c.id, orgs.c.name).where(where)).first()
+            row = conn.execute(
+                sa.select(orgs.c.id, orgs.c.name, orgs.c.created_ns).where(where)
+            ).first()
         if row is None:
             raise NotFound(missing)
-        org = self._orgs[key] = Org(id=row.id, name=row.name)
+        org = self._orgs[key] = Org(row.id, row.name, row.created_ns)
         return org
 
     def create_bucket(

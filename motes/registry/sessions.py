@@ -302,6 +302,21 @@ class Sessions:
             raise Unauthorized("unauthorized access: invalid access token") from exc
         return claims
 
+    def authenticate_account(self, token: str) -> Principal:
+        """The signed-in user as an account, whatever orgs it belongs to (maybe none yet):
+        for answering invitations. ``org_id`` is empty: it reaches no org's objects."""
+        if token.count(".") != 2:
+            raise Forbidden("only signed-in users have invitations")
+        claims = self._claims(token)
+        standing = self._standing(str(claims["sub"]), str(claims["sid"]))
+        return Principal(
+            "user",
+            standing.user_id,
+            "",
+            session_id=str(claims["sid"]),
+            label=standing.email,
+        )
+
     def authenticate(self, token: str, org_id: str | None, org_name: str | None) -> Principal:
         """The user behind an access token, acting in the named org or their first one."""
         claims = self._claims(token)

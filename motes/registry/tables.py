@@ -76,6 +76,19 @@ memberships = sa.Table(
     sa.Index("ix_memberships_user", "user_id"),
 )
 
+# an existing account asked to join an org: a member only once the account holder accepts
+invitations = sa.Table(
+    "invitations",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), nullable=False),
+    sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+    sa.Column("expires_ns", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("org_id", "user_id"),
+)
+
 # one-time tokens that let a user set a password: account setup and admin-issued resets
 password_tokens = sa.Table(
     "password_tokens",

@@ -36,6 +36,7 @@ from motes.registry.models import (
 )
 from motes.registry.tables import (
     buckets,
+    invitations,
     memberships,
     orgs,
     password_tokens,
@@ -75,6 +76,21 @@ class User:
 
 
 @dataclass(frozen=True)
+class Invitation:
+    """An existing account asked to join an org; it joins when the holder accepts."""
+
+    id: str
+    org: Org
+    email: str
+    role: str
+    created_ns: int
+    expires_ns: int
+
+
+INVITATION_SECONDS = 7 * 86400
+
+
+@dataclass(frozen=True)
 class OwnerSpec:
     email: str
     name: str = ""
@@ -96,12 +112,12 @@ def check_role(role: str) -> str:
 
 def insert_org(conn: sa.Connection, name: str, default_bucket: str) -> Org:
     check_name("org", name)
-    org = Org(new_id(), name)
+    org = Org(new_id(), name, now_ns())
     # checked first rather than caught: a savepoint would not hold on SQLite's Python driver
     # (releasing the outermost one commits), and a failed org must leave nothing behind
     if conn.execute(sa.select(orgs.c.id).where(orgs.c.name == name)).first() is not None:
         raise Conflict(f'org "{name}" already exists')
-    conn.execute(orgs.insert().values(id=org.id, name=name, created_ns=now_ns()))
+    conn.execute(orgs.insert().values(id=org.id, name=name, created_ns=org.created_ns))
     conn.execute(
         buckets.insert().values(
             id=new_id(),
@@ -159,12 +175,12 @@ class Users:
     def orgs_of(self, user_id: str) -> list[tuple[Org, str]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(orgs.c.id, orgs.c.name, memberships.c.role)
+                sa.select(orgs.c.id, orgs.c.name, orgs.c.created_ns, memberships.c.role)
                 .join(memberships, memberships.c.org_id == orgs.c.id)
                 .where(memberships.c.user_id == user_id)
                 .order_by(memberships.c.created_ns, orgs.c.name)
             ).all()
-        return [(Org(r.id, r.name), r.role) for r in rows]
+        return [(Org(r.id, r.name, r.created_ns), r.role) for r in rows]
 
     def rename_org(self, org_id: str, actor: Actor, name: str) -> None:
         check_name("org", name)
@@ -186,13 +202,129 @@ class Users:
         name: str,
         role: str,
         password: str | None,
-    ) -> tuple[User, str | None]:
-        """Add a member; a new account is created for an unknown email."""
+    ) -> tuple[User | Invitation, str | None]:
+        """Add a member: a new account for an unknown email (with a setup token when no
+        password is given); an existing account is invited instead, since it may belong to
+        another org whose admins, not this org's, speak for it. The invitation shows nothing
+        of the account but the email it was asked for."""
         _check_grant(by, check_role(role))
+        email = check_email(email)
         with self.engine.begin() as conn:
+            row = conn.execute(sa.select(users.c.id).where(users.c.email == email)).first()
+            if row is not None:
+                if password is not None:
+                    raise Conflict(
+                        f'"{email}" already has an account: invite it without a password'
+                    )
+                return self._invite(conn, org_id, actor, row.id, email, role), None
             user, setup = self._add(conn, org_id, actor, email, name, role, password)
         self._cache.clear()
         return user, setup
+
+    def _invite(
+        self, conn: sa.Connection, org_id: str, actor: Actor, user_id: str, email: str, role: str
+    ) -> Invitation:
+        member = conn.execute(
+            sa.select(memberships.c.role).where(
+                memberships.c.org_id == org_id, memberships.c.user_id == user_id
+            )
+        ).first()
+        if member is not None:
+            raise Conflict(f'"{email}" is already a member')
+        now = now_ns()
+        conn.execute(
+            invitations.delete().where(
+                invitations.c.org_id == org_id,
+                invitations.c.user_id == user_id,
+                invitations.c.expires_ns <= now,
+            )
+        )
+        if conn.execute(
+            sa.select(invitations.c.id).where(
+                invitations.c.org_id == org_id, invitations.c.user_id == user_id
+            )
+        ).first():
+            raise Conflict(f'"{email}" is already invited')
+        invitation_id = new_id()
+        expires = now + INVITATION_SECONDS * 10**9
+        conn.execute(
+            invitations.insert().values(
+                id=invitation_id,
+                org_id=org_id,
+                user_id=user_id,
+                role=role,
+                created_ns=now,
+                expires_ns=expires,
+            )
+        )
+        audit(
+            conn,
+            actor,
+            org_id,
+            "member.invite",
+            f"invitation:{invitation_id}",
+            email=email,
+            role=role,
+        )
+        org = conn.execute(sa.select(orgs).where(orgs.c.id == org_id)).one()
+        return Invitation(
+            invitation_id, Org(org.id, org.name, org.created_ns), email, role, now, expires
+        )
+
+    def invitations(
+        self, org_id: str | None = None, user_id: str | None = None
+    ) -> list[Invitation]:
+        """Open invitations of an org (for its admins) or of an account (for its holder)."""
+        query = (
+            sa.select(invitations, users.c.email, orgs.c.name, orgs.c.created_ns.label("org_ns"))
+            .join(users, users.c.id == invitations.c.user_id)
+            .join(orgs, orgs.c.id == invitations.c.org_id)
+            .where(invitations.c.expires_ns > now_ns())
+            .order_by(invitations.c.created_ns)
+        )
+        if org_id is not None:
+            query = query.where(invitations.c.org_id == org_id)
+        if user_id is not None:
+            query = query.where(invitations.c.user_id == user_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            Invitation(
+                r.id, Org(r.org_id, r.name, r.org_ns), r.email, r.role, r.created_ns, r.expires_ns
+            )
+            for r in rows
+        ]
+
+    def revoke_invitation(self, org_id: str, invitation_id: str, actor: Actor) -> None:
+        with self.engine.begin() as conn:
+            gone = conn.execute(
+                invitations.delete().where(
+                    invitations.c.org_id == org_id, invitations.c.id == invitation_id
+                )
+            ).rowcount
+            if not gone:
+                raise NotFound(f'invitation "{invitation_id}" not found')
+            audit(conn, actor, org_id, "member.invite_revoke", f"invitation:{invitation_id}")
+
+    def answer_invitation(
+        self, user_id: str, invitation_id: str, accept: bool, actor: Actor
+    ) -> None:
+        with self.engine.begin() as conn:
+            r = conn.execute(
+                sa.select(invitations).where(
+                    invitations.c.id == invitation_id,
+                    invitations.c.user_id == user_id,
+                    invitations.c.expires_ns > now_ns(),
+                )
+            ).first()
+            if r is None:
+                raise NotFound(f'invitation "{invitation_id}" not found')
+            conn.execute(invitations.delete().where(invitations.c.id == invitation_id))
+            if accept:
+                _insert_membership(conn, r.org_id, user_id, r.role)
+            action = "member.join" if accept else "member.decline"
+            audit(conn, actor, r.org_id, action, f"user:{user_id}", role=r.role)
+        self._cache.clear()
 
     def _add(
         self,
@@ -336,6 +468,7 @@ class Users:
                 conn.execute(refresh_tokens.delete().where(refresh_tokens.c.session_id.in_(mine)))
                 conn.execute(sessions.delete().where(sessions.c.user_id == user_id))
                 conn.execute(password_tokens.delete().where(password_tokens.c.user_id == user_id))
+                conn.execute(invitations.delete().where(invitations.c.user_id == user_id))
                 conn.execute(users.delete().where(users.c.id == user_id))
                 audit(conn, actor, org_id, "user.delete", f"user:{user_id}", email=current.email)
         self._cache.clear()

@@ -240,10 +240,10 @@ def _lp(body: bytes, precision: str) -> Decoded:
 async def write_v1(request: Request) -> Response:
     """``POST /write?db=&precision=``: InfluxDB 1.x line protocol (db names the bucket)."""
     principal = authenticate(request)
+    org = resolve_org(request, principal)
     db = request.query_params.get("db")
     if not db:
         raise BadRequest("database is required: add ?db=<bucket name>")
-    org = resolve_org(request, principal)
     bucket = resolve_bucket(request, org, db)
     require(principal, "write", bucket)
     precision = request.query_params.get("precision", "ns")

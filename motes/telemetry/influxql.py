@@ -20,8 +20,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from motes.apispec import ApiModel, Param, operation
-from motes.http import BadRequest, JSONResponse, authenticate, read_body
+from motes.http import BadRequest, JSONResponse, actor_of, authenticate, read_body
 from motes.registry.models import Conflict, Forbidden
+from motes.telemetry.api import resolve_org
 
 _CREATE = re.compile(
     r'^\s*CREATE\s+DATABASE\s+(?:"((?:[^"\\]|\\.)+)"|([A-Za-z0-9_.\-]+))\s*;?\s*$', re.I
@@ -63,11 +64,12 @@ class InfluxQLResult(ApiModel):
     responses={200: InfluxQLResult},
     errors=(400, 401, 403, 413, 415),
     description="CREATE DATABASE creates the bucket (an existing one is fine; needs an "
-    "all-access token); SHOW DATABASES lists the buckets the token reads. Other statements "
+    "write:buckets); SHOW DATABASES lists the buckets the token reads. Other statements "
     "are a 400.",
 )
 async def query_v1(request: Request) -> Response:
     token = authenticate(request)
+    org = resolve_org(request, token)
     q = request.query_params.get("q")
     if q is None and request.method == "POST":  # clients also send q form-encoded
         body = await read_body(request, 1024 * 1024)
@@ -76,18 +78,20 @@ async def query_v1(request: Request) -> Response:
         raise BadRequest('missing required parameter "q"')
     registry = request.app.state.registry
     if _SHOW.match(q):
-        names = [[b.name] for b in registry.buckets(token.org_id)
+        names = [[b.name] for b in registry.buckets(org.id)
                  if token.allows("read", "buckets", b.id)]  # fmt: skip
         series = [{"name": "databases", "columns": ["name"], "values": names}]
         return JSONResponse({"results": [{"statement_id": 0, "series": series}]})
     created = _CREATE.match(q)
     if created:
-        if not token.all_access:
-            raise Forbidden("creating a database (bucket) needs an all-access token")
+        if not token.allows("write", "buckets"):
+            raise Forbidden("creating a database (bucket) needs write:buckets")
         name = (created.group(1) or created.group(2)).replace('\\"', '"')
         # InfluxDB answers CREATE DATABASE for an existing one with success too
         with contextlib.suppress(Conflict):
-            await run_in_threadpool(registry.create_bucket, token.org_id, name, 0)
+            await run_in_threadpool(
+                registry.create_bucket, org.id, name, 0, actor_of(request, token)
+            )
         return JSONResponse({"results": [{"statement_id": 0}]})
     raise BadRequest(
         "only CREATE DATABASE and SHOW DATABASES are supported on /query; "

@@ -53,6 +53,16 @@ def upgrade() -> None:
     )
     op.create_index("ix_memberships_user", "memberships", ["user_id"])
     op.create_table(
+        "invitations",
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), nullable=False),
+        sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id"), nullable=False),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("created_ns", sa.BigInteger, nullable=False),
+        sa.Column("expires_ns", sa.BigInteger, nullable=False),
+        sa.UniqueConstraint("org_id", "user_id"),
+    )
+    op.create_table(
         "password_tokens",
         sa.Column("token_hash", sa.String(64), primary_key=True),
         sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id"), nullable=False),
