@@ -163,9 +163,12 @@ def _handler(fake: FakeMotes) -> type[BaseHTTPRequestHandler]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("MOTES_URL", "MOTES_TOKEN", "MOTES_ORG", "MOTES_BUCKET", "MOTES_HTTP_PORT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("MOTES_PROFILE", raising=False)
+    # a developer's own ~/.config/motes/configs.toml must not steer these tests
+    monkeypatch.setenv("MOTES_CONFIG_PATH", str(tmp_path / "no-configs.toml"))
 
 
 @pytest.fixture
