@@ -84,7 +84,7 @@ def test_oauth_password_refresh_rotation_and_revocation(tmp_path: Path) -> None:
             assert r.headers["cache-control"] == "no-store"
             grant = r.json()
             assert grant["token_type"] == "Bearer" and grant["expires_in"] == 900
-            assert grant["scope"] == "trust"
+            assert grant["scope"] == ""  # roles, not requested scopes, decide (RFC 6749 3.3)
             bearer = {"Authorization": f"Bearer {grant['access_token']}"}
             me = http.get("/api/v1/me", headers=bearer).json()
             assert me["email"] == "ops@example.com" and me["role"] == "owner"
@@ -542,7 +542,7 @@ def test_an_existing_account_is_invited_and_joins_only_by_accepting(
     )
     assert invited.status_code == 202, invited.text
     body = invited.json()
-    assert set(body) == {"id", "org", "email", "role", "createdAt", "expiresAt"}
+    assert set(body) == {"id", "org", "email", "role", "createdAt", "expiresAt", "code"}
     assert body["org"]["name"] == "beta"  # nothing of the account but the email asked for
     listed = c.get("/api/v1/invitations", headers=beta_owner).json()["invitations"]
     assert [i["id"] for i in listed] == [body["id"]]
@@ -553,17 +553,27 @@ def test_an_existing_account_is_invited_and_joins_only_by_accepting(
     assert [(i["id"], i["org"]["name"], i["role"]) for i in mine] == [
         (body["id"], "beta", "viewer")
     ]
-    assert c.post(f"/api/v1/me/invitations/{body['id']}", headers=member).status_code == 204
+    # accepting needs the code the inviter passes on: an account another org's admin set up
+    # (and so can sign in to) cannot join by itself
+    wrong = c.post(
+        f"/api/v1/me/invitations/{body['id']}", json={"code": "miv_guess"}, headers=member
+    )
+    assert wrong.status_code == 403
+    accept = {"code": body["code"]}
+    ok = c.post(f"/api/v1/me/invitations/{body['id']}", json=accept, headers=member)
+    assert ok.status_code == 204
     assert c.get("/api/v1/devices?org=beta", headers=member).status_code == 200
     orgs = c.get("/api/v1/orgs", headers=member).json()["orgs"]
     assert [(o["name"], o["role"]) for o in orgs] == [("acme", "member"), ("beta", "viewer")]
     # an invitation is for its account only, and used once
-    again = c.post(f"/api/v1/me/invitations/{body['id']}", headers=member)
+    again = c.post(f"/api/v1/me/invitations/{body['id']}", json=accept, headers=member)
     assert again.status_code == 404
     other = c.post(
         "/api/v1/users", json={"email": "viewer@acme.io", "role": "viewer"}, headers=beta_owner
     ).json()
-    assert c.post(f"/api/v1/me/invitations/{other['id']}", headers=member).status_code == 404
+    theirs = {"code": other["code"]}
+    stolen = c.post(f"/api/v1/me/invitations/{other['id']}", json=theirs, headers=member)
+    assert stolen.status_code == 404
     viewer = {"Authorization": acme["viewer"]}
     assert c.delete(f"/api/v1/me/invitations/{other['id']}", headers=viewer).status_code == 204
     assert c.get("/api/v1/invitations", headers=beta_owner).json()["invitations"] == []

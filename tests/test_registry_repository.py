@@ -398,8 +398,12 @@ def test_one_orgs_admin_cannot_disable_or_reset_an_account_shared_with_another_o
     )
     assert isinstance(invited, Invitation)  # an existing account is invited, not added
     with pytest.raises(NotFound):  # the invitation is its holder's to answer
-        registry.users.answer_invitation(ana.id, invited.id, True, actor(ana))
-    registry.users.answer_invitation(shared.id, invited.id, True, Actor(f"user:{shared.id}"))
+        registry.users.answer_invitation(ana.id, invited.id, True, actor(ana), invited.code or "")
+    with pytest.raises(Forbidden):  # the code the inviter passed on is needed
+        registry.users.answer_invitation(shared.id, invited.id, True, Actor(f"user:{shared.id}"))
+    registry.users.answer_invitation(
+        shared.id, invited.id, True, Actor(f"user:{shared.id}"), invited.code or ""
+    )
     before = snapshot(registry)
     with pytest.raises(Conflict):
         registry.users.update(admin.org_id, shared.id, admin, actor(admin), disabled=True)
@@ -419,7 +423,7 @@ def test_password_grant_signs_in(registry: Registry, operator: Principal) -> Non
     viewer = add_user(registry, operator, "viewer@example.com", "viewer")
     assert registry.users.user(viewer.id).last_login_ns is None
     pair = registry.sessions.password_grant(" Viewer@Example.com ", PASSWORD, "web", "read", REMOTE)
-    assert (pair.expires_in, pair.scope) == (900, "read")
+    assert (pair.expires_in, pair.scope) == (900, "")  # roles, not scopes, decide
     assert pair.refresh_token.startswith("mrt_")
     principal = registry.authenticate("bearer", pair.access_token)
     assert (principal.kind, principal.id, principal.org_id, principal.role) == (
@@ -791,12 +795,12 @@ def test_inactive_expired_or_deleted_tokens_stop_at_once(
     org, by = operator.org_id, actor(operator)
     info, secret = registry.tokens.create(operator, by, "ci", ["read:buckets"])
     registry.authenticate("token", secret)  # cached
-    registry.tokens.update(org, info.id, by, None, active=False)
+    registry.tokens.update(operator, info.id, by, None, active=False)
     with pytest.raises(Unauthorized):
         registry.authenticate("token", secret)
-    registry.tokens.update(org, info.id, by, None, active=True)
+    registry.tokens.update(operator, info.id, by, None, active=True)
     assert registry.authenticate("token", secret).id == info.id
-    registry.tokens.delete(org, info.id, by)
+    registry.tokens.delete(operator, info.id, by)
     with pytest.raises(Unauthorized):
         registry.authenticate("token", secret)
     with pytest.raises(NotFound):
@@ -943,8 +947,8 @@ def test_changes_and_their_audit_events_commit_together(
         lambda: registry.devices.connect(org, "alarms", "gh-1", by),
         lambda: registry.devices.delete_channel(org, "alarms", by),
         lambda: registry.tokens.create(operator, by, "", ["read:buckets"]),
-        lambda: registry.tokens.update(org, token.id, by, "renamed", None),
-        lambda: registry.tokens.delete(org, token.id, by),
+        lambda: registry.tokens.update(operator, token.id, by, "renamed", None),
+        lambda: registry.tokens.delete(operator, token.id, by),
         lambda: registry.secrets.put(org, by, {"smtp": "changed", "new": "value"}),
         lambda: registry.secrets.delete(org, "smtp", by),
         lambda: registry.sessions.password_grant("viewer@example.com", PASSWORD, "", "", REMOTE),
@@ -994,7 +998,7 @@ def test_every_change_is_audited_and_failed_changes_are_not(
         lambda: registry.devices.create(org, by, DeviceSpec("gh-1")),
         lambda: registry.devices.create_channel(org, by, "alarms", "", {}, None),
         lambda: registry.devices.disconnect(org, "alarms", "ghost", by),
-        lambda: registry.tokens.delete(org, "ghost", by),
+        lambda: registry.tokens.delete(operator, "ghost", by),
         lambda: registry.secrets.delete(org, "ghost", by),
         lambda: registry.users.create_org(operator, by, "renamed", OwnerSpec("o@x.io")),
     ]

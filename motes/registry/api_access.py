@@ -18,7 +18,12 @@ from starlette.routing import Route
 from motes.apispec import operation, parse_body, parse_query
 from motes.http import actor_of, authenticate
 from motes.registry.api_orgs import dump, need
-from motes.registry.models import Action, Invalid, Principal, parse_duration
+from motes.registry.models import (
+    Action,
+    Invalid,
+    Principal,
+    parse_duration,
+)
 from motes.registry.schemas import (
     AuditEventOut,
     AuditList,
@@ -36,6 +41,8 @@ from motes.registry.schemas import (
 )
 from motes.registry.tokens import TokenInfo
 from motes.telemetry.api import resolve_org
+
+MAX_TOKEN_SECONDS = 100 * 365 * 86400  # longer is "never", and must fit int64 nanoseconds
 
 
 def token_out(t: TokenInfo) -> dict[str, Any]:
@@ -82,6 +89,7 @@ async def create_token(request: Request) -> Response:
     principal, _ = _context(request, "write", "tokens")
     data = await parse_body(request, TokenCreate)
     expires = parse_duration(data.expires_in) if data.expires_in is not None else 0
+    expires = min(expires, MAX_TOKEN_SECONDS)
     if data.expires_in is not None and not expires:
         raise Invalid('"expiresIn" must be a positive duration; leave it out for no expiry')
     registry = request.app.state.registry
@@ -114,13 +122,13 @@ async def get_token(request: Request) -> Response:
     responses={200: TokenOut},
 )
 async def update_token(request: Request) -> Response:
-    principal, org_id = _context(request, "write", "tokens")
+    principal, _ = _context(request, "write", "tokens")
     data = await parse_body(request, TokenUpdate)
     tokens = request.app.state.registry.tokens
     active = None if data.status is None else data.status == "active"
     found = await run_in_threadpool(
         tokens.update,
-        org_id,
+        principal,
         request.path_params["token"],
         actor_of(request, principal),
         data.description,
@@ -133,10 +141,10 @@ async def update_token(request: Request) -> Response:
     "Delete a token", ["tokens"], query=OrgQuery, responses={204: None}, errors=(401, 403, 404)
 )
 async def delete_token(request: Request) -> Response:
-    principal, org_id = _context(request, "write", "tokens")
+    principal, _ = _context(request, "write", "tokens")
     tokens = request.app.state.registry.tokens
     await run_in_threadpool(
-        tokens.delete, org_id, request.path_params["token"], actor_of(request, principal)
+        tokens.delete, principal, request.path_params["token"], actor_of(request, principal)
     )
     return Response(status_code=204)
 

@@ -60,7 +60,7 @@ _OAUTH_ERROR = {"application/json": OAuthErrorOut}
 def _oauth_error(exc: OAuthError) -> Response:
     headers = dict(NO_STORE)
     if exc.status == 429:
-        headers["Retry-After"] = "60"
+        headers["Retry-After"] = str(exc.retry_after or 60)
     body = {"error": exc.error, "error_description": exc.message}
     return JSONResponse(body, status_code=exc.status, headers=headers)
 

@@ -9,6 +9,7 @@ POST /api/v1/users/{user}/password-reset
 
 from __future__ import annotations
 
+import contextlib
 from typing import cast
 
 from starlette.concurrency import run_in_threadpool
@@ -16,10 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from motes.apispec import operation, parse_body
+from motes.apispec import InvalidInput, operation, parse_body
 from motes.http import JSONResponse, actor_of, authenticate, credentials_from
 from motes.registry.models import Action, Forbidden, NotFound, Org, Principal
 from motes.registry.schemas import (
+    InvitationAnswer,
+    InvitationCreated,
     InvitationList,
     InvitationOut,
     OrgCreate,
@@ -174,11 +177,11 @@ async def list_users(request: Request) -> Response:
     ["users"],
     body=UserCreate,
     query=OrgQuery,
-    responses={201: UserCreated, 202: InvitationOut},
+    responses={201: UserCreated, 202: InvitationCreated},
     errors=(400, 401, 403, 409),
     description="An email that already has an account gets an invitation (202) that its "
-    "holder accepts with POST /api/v1/me/invitations/{invitation}; nothing of the account is "
-    "shown.",
+    "holder accepts with POST /api/v1/me/invitations/{invitation} and the invitation's code; "
+    "nothing of the account is shown.",
 )
 async def create_user(request: Request) -> Response:
     principal = authenticate(request)
@@ -197,7 +200,8 @@ async def create_user(request: Request) -> Response:
         data.password,
     )
     if isinstance(user, Invitation):
-        return dump(invitation_out(user), 202)
+        invited = InvitationCreated(**invitation_out(user).model_dump(), code=user.code or "")
+        return dump(invited, 202)
     out = UserCreated(**user_out(user).model_dump(), setup_token=setup)
     return dump(out, 201)
 
@@ -273,6 +277,11 @@ async def my_invitations(request: Request) -> Response:
 
 async def _answer(request: Request, accept: bool) -> Response:
     principal = _signed_in(request)
+    code = ""
+    if accept:
+        # no code is a wrong code (403), so a foreign invitation is a 404 either way
+        with contextlib.suppress(InvalidInput):
+            code = (await parse_body(request, InvitationAnswer)).code
     users = request.app.state.registry.users
     await run_in_threadpool(
         users.answer_invitation,
@@ -280,12 +289,17 @@ async def _answer(request: Request, accept: bool) -> Response:
         request.path_params["invitation"],
         accept,
         actor_of(request, principal),
+        code,
     )
     return Response(status_code=204)
 
 
 @operation(
-    "Accept an invitation: become a member", ["auth"], responses={204: None}, errors=(401, 403, 404)
+    "Accept an invitation with its code: become a member",
+    ["auth"],
+    body=InvitationAnswer,
+    responses={204: None},
+    errors=(400, 401, 403, 404),
 )
 async def accept_invitation(request: Request) -> Response:
     return await _answer(request, True)

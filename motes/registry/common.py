@@ -93,6 +93,9 @@ class TTLCache:
     ttl: float = CREDENTIAL_CACHE_SECONDS
     _items: dict[str, tuple[float, Any]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: bumped by every ``clear``: a value read from the database before a change must not be
+    #: cached after it (``put`` drops values read under an older generation)
+    generation: int = 0
 
     def get(self, key: str) -> Any:
         item = self._items.get(key)
@@ -100,12 +103,15 @@ class TTLCache:
             return None
         return item[1]
 
-    def put(self, key: str, value: Any) -> None:
-        if len(self._items) > 100_000:  # unbounded distinct keys would be a memory leak
-            with self._lock:
+    def put(self, key: str, value: Any, generation: int) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return
+            if len(self._items) > 100_000:  # unbounded distinct keys would be a memory leak
                 self._items.clear()
-        self._items[key] = (time.monotonic() + self.ttl, value)
+            self._items[key] = (time.monotonic() + self.ttl, value)
 
     def clear(self) -> None:
         with self._lock:
+            self.generation += 1
             self._items.clear()

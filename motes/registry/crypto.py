@@ -37,7 +37,10 @@ def load_master_key(configured: str | None, path: Path) -> bytes:
             raise Invalid("MOTES_SECRET_KEY must be base64 of 32 random bytes")
         return key
     if path.exists():
-        return base64.urlsafe_b64decode(path.read_text().strip())
+        key = base64.urlsafe_b64decode(path.read_text().strip())
+        if len(key) != 32:
+            raise Invalid(f"{path} must hold base64 of 32 random bytes: restore it from a backup")
+        return key
     key = secrets.token_bytes(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from motes.registry.common import (
+    SYSTEM,
     Actor,
     TTLCache,
     audit,
@@ -326,6 +327,7 @@ class Devices:
         cached: Principal | None = self._cache.get("d:" + digest)
         if cached is not None:
             return cached
+        generation = self._cache.generation
         with self.engine.connect() as conn:
             r = conn.execute(
                 sa.select(
@@ -348,7 +350,7 @@ class Devices:
             label=r.id,
             bucket_id=r.bucket_id,
         )
-        self._cache.put("d:" + digest, principal)
+        self._cache.put("d:" + digest, principal, generation)
         return principal
 
     # -- records (deviceinfo, last seen) ----------------------------------------------
@@ -386,6 +388,7 @@ class Devices:
                             created_ns=now_ns(),
                         )
                     )
+                    audit(conn, SYSTEM, org_id, "device.register", f"device:{device_id}")
         except sa.exc.IntegrityError:
             pass  # registered concurrently
         with self._lock:

@@ -121,6 +121,16 @@ class InvitationOut(ApiModel):
     expires_at: str | None
 
 
+class InvitationCreated(InvitationOut):
+    code: str = Field(
+        description="pass it to the person by your own channel: accepting needs it (shown once)"
+    )
+
+
+class InvitationAnswer(ApiModel):
+    code: str = Field(max_length=256)
+
+
 class InvitationList(ApiModel):
     invitations: list[InvitationOut]
 
@@ -316,7 +326,9 @@ class AuditList(ApiModel):
 
 class AuditQuery(OrgQuery):
     limit: int = Field(100, ge=1, le=1000)
-    before: int | None = Field(None, ge=0, description="events with a smaller id (paging)")
+    before: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="events with a smaller id (paging)"
+    )
     action: str | None = Field(None, max_length=64)
 
 

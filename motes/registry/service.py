@@ -297,6 +297,7 @@ class Registry:
     def rename_org(self, org_id: str, actor: Actor, name: str) -> None:
         self.users.rename_org(org_id, actor, name)
         self._orgs.clear()
+        self.credentials.clear()
 
     # -- measurement schemas --------------------------------------------------------------
 

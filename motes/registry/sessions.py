@@ -41,10 +41,13 @@ ISSUER = "motes"
 class OAuthError(RegistryError):
     """An RFC 6749 §5.2 error: ``error`` is the registered code."""
 
-    def __init__(self, error: str, message: str, status: int = 400) -> None:
+    def __init__(
+        self, error: str, message: str, status: int = 400, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.error = error
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,24 @@ class Throttle:
             if times is not None and len(times) >= self.limit:
                 wait = int(times[0] + self.window - time.monotonic()) + 1
                 raise Throttled(f"too many failed sign-ins: retry in {wait} s", wait)
+
+    def reserve(self, key: str) -> float:
+        """Count an attempt as failed before checking it, so concurrent guesses cannot all
+        pass :meth:`check`; :meth:`release` takes the mark back when the attempt succeeds."""
+        with self._lock:
+            times = self._prune(key)
+            if times is not None and len(times) >= self.limit:
+                wait = int(times[0] + self.window - time.monotonic()) + 1
+                raise Throttled(f"too many failed sign-ins: retry in {wait} s", wait)
+            mark = time.monotonic()
+            self._failures.setdefault(key, deque()).append(mark)
+            return mark
+
+    def release(self, key: str, mark: float) -> None:
+        with self._lock:
+            times = self._failures.get(key)
+            if times is not None and mark in times:
+                times.remove(mark)
 
     def fail(self, key: str) -> None:
         with self._lock:
@@ -128,15 +149,14 @@ class Sessions:
         email = email.strip().lower()
         account, address = "a:" + email, "r:" + (remote or "")
         try:
-            self.per_account.check(account)
             self.per_address.check(address)
+            mark = self.per_account.reserve(account)
         except Throttled as exc:
-            raise OAuthError("slow_down", exc.message, 429) from exc
+            raise OAuthError("slow_down", exc.message, 429, exc.retry_after) from exc
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(users).where(users.c.email == email)).first()
         ok = verify_password(r.password_hash if r is not None else None, password)
         if r is None or not ok or r.disabled:
-            self.per_account.fail(account)
             self.per_address.fail(address)
             with self.engine.begin() as conn:
                 audit(
@@ -150,7 +170,7 @@ class Sessions:
                     reason="disabled" if ok and r is not None else "wrong credentials",
                 )
             raise OAuthError("invalid_grant", "wrong email or password")
-        self.per_account.clear(account)
+        self.per_account.release(account, mark)
         session_id = new_id()
         now = now_ns()
         with self.engine.begin() as conn:
@@ -176,7 +196,8 @@ class Sessions:
                 email=email,
                 client=client_id,
             )
-        return TokenPair(self._access(r.id, session_id), self.access_seconds, refresh, scope)
+        # scopes do not narrow a session (the member's role decides), so none is claimed
+        return TokenPair(self._access(r.id, session_id), self.access_seconds, refresh, "")
 
     def refresh_grant(self, refresh: str, remote: str | None) -> TokenPair:
         digest = hash_secret(refresh)
@@ -219,15 +240,27 @@ class Sessions:
                 .where(refresh_tokens.c.token_hash == digest, refresh_tokens.c.used_ns.is_(None))
                 .values(used_ns=now)
             ).rowcount
-            if not claimed:  # a concurrent refresh won the race
-                raise OAuthError("invalid_grant", "refresh token already used")
-            new_refresh = self._new_refresh(conn, row.session_id)
+            if claimed:
+                new_refresh = self._new_refresh(conn, row.session_id)
+        if not claimed:  # presented twice at once: as much a copy as a later replay
+            self._end_reused(row.session_id, Actor(f"user:{row.user_id}", remote))
+            raise OAuthError("invalid_grant", "refresh token already used: session revoked")
         return TokenPair(
             self._access(row.user_id, row.session_id),
             self.access_seconds,
             new_refresh,
-            row.scope or "",
+            "",
         )
+
+    def _end_reused(self, session_id: str, actor: Actor) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sessions.update().where(sessions.c.id == session_id).values(revoked_ns=now_ns())
+            )
+            audit(
+                conn, actor, None, "auth.refresh_reuse", f"session:{session_id}", outcome="failure"
+            )
+        self._cache.clear()
 
     def revoke(self, token: str, remote: str | None) -> None:
         """RFC 7009: end the session of a refresh or access token; unknown tokens are fine."""
@@ -348,13 +381,19 @@ class Sessions:
         cached: _Standing | None = self._cache.get(key)
         if cached is not None:
             return cached
+        generation = self._cache.generation
         with self.engine.connect() as conn:
             s = conn.execute(
                 sa.select(sessions.c.revoked_ns, sessions.c.expires_ns, sessions.c.user_id).where(
                     sessions.c.id == session_id
                 )
             ).first()
-            if s is None or s.user_id != user_id or s.revoked_ns is not None:
+            if (
+                s is None
+                or s.user_id != user_id
+                or s.revoked_ns is not None
+                or s.expires_ns <= now_ns()
+            ):
                 raise Unauthorized("unauthorized access: the session has ended")
             u = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
             if u is None or u.disabled:
@@ -368,5 +407,5 @@ class Sessions:
         standing = _Standing(
             user_id, u.email, bool(u.operator), tuple((Org(r.id, r.name), r.role) for r in rows)
         )
-        self._cache.put(key, standing)
+        self._cache.put(key, standing, generation)
         return standing

@@ -84,6 +84,7 @@ invitations = sa.Table(
     sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), nullable=False),
     sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id"), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("code_hash", sa.String(64), nullable=False),  # the code the inviter passes on
     sa.Column("created_ns", sa.BigInteger, nullable=False),
     sa.Column("expires_ns", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("org_id", "user_id"),
@@ -95,6 +96,7 @@ password_tokens = sa.Table(
     metadata,
     sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("org_id", sa.String(32), nullable=False),  # whose admin issued it
     sa.Column("expires_ns", sa.BigInteger, nullable=False),
     sa.Column("used_ns", sa.BigInteger),
 )

@@ -130,6 +130,8 @@ class Tokens:
             raise Invalid("a description has at most 512 characters")
         secret = new_secret(TOKEN_PREFIX)
         expires = now_ns() + expires_in_seconds * 10**9 if expires_in_seconds else None
+        if by.expires_ns is not None:  # a token never outlives the one that made it
+            expires = min(expires or by.expires_ns, by.expires_ns)
         with self.engine.begin() as conn:
             token_id = insert_token(
                 conn,
@@ -173,15 +175,22 @@ class Tokens:
             return info
         return TokenInfo(**{**info.__dict__, "last_used_ns": used})
 
+    def _check_manage(self, by: Principal, token: TokenInfo) -> None:
+        if (token.all_access or token.operator) and not by.all_access:
+            raise Forbidden("only owners and all-access tokens may change all-access tokens")
+        if token.operator and not by.operator:
+            raise Forbidden("only the operator may change the operator token")
+
     def update(
         self,
-        org_id: str,
+        by: Principal,
         token_id: str,
         actor: Actor,
         description: str | None,
         active: bool | None,
     ) -> TokenInfo:
-        self.get(org_id, token_id)
+        org_id = by.org_id
+        self._check_manage(by, self.get(org_id, token_id))
         values: dict[str, Any] = {}
         if description is not None:
             values["description"] = description
@@ -198,7 +207,9 @@ class Tokens:
             self._cache.clear()
         return self.get(org_id, token_id)
 
-    def delete(self, org_id: str, token_id: str, actor: Actor) -> None:
+    def delete(self, by: Principal, token_id: str, actor: Actor) -> None:
+        org_id = by.org_id
+        self._check_manage(by, self.get(org_id, token_id))
         with self.engine.begin() as conn:
             gone = conn.execute(
                 tokens.delete().where(tokens.c.org_id == org_id, tokens.c.id == token_id)
@@ -208,10 +219,27 @@ class Tokens:
             audit(conn, actor, org_id, "token.delete", f"token:{token_id}")
         self._cache.clear()
 
+    @staticmethod
+    def deactivate_made_by(conn: sa.Connection, org_id: str, user_id: str, actor: Actor) -> None:
+        """A member leaves or changes role: the tokens they made in the org stop, since they
+        may hold what the member no longer does."""
+        made = conn.execute(
+            tokens.update()
+            .where(
+                tokens.c.org_id == org_id,
+                tokens.c.created_by == f"user:{user_id}",
+                tokens.c.active.is_(True),
+            )
+            .values(active=False)
+        ).rowcount
+        if made:
+            audit(conn, actor, org_id, "token.deactivate", f"user:{user_id}", tokens=made)
+
     def authenticate(self, secret: str) -> Principal:
         digest = hash_secret(secret)
         cached: Principal | None = self._cache.get("t:" + digest)
         if cached is None:
+            generation = self._cache.generation
             with self.engine.connect() as conn:
                 r = conn.execute(sa.select(tokens).where(tokens.c.token_hash == digest)).first()
             if r is None:
@@ -231,7 +259,7 @@ class Tokens:
                 label=info.description,
                 expires_ns=info.expires_ns,
             )
-            self._cache.put("t:" + digest, cached)
+            self._cache.put("t:" + digest, cached, generation)
             self._note_use(info.id, info.last_used_ns)
         elif cached.expires_ns is not None and cached.expires_ns <= time.time_ns():
             raise Unauthorized("unauthorized access: the token has expired")

@@ -7,6 +7,7 @@ user, setup = users.add(org.id, principal, actor, "bo@acme.io", "Bo", "viewer", 
 
 from __future__ import annotations
 
+import hmac
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from motes.registry.common import (
 )
 from motes.registry.crypto import check_password_rules, hash_password, verify_password
 from motes.registry.models import (
+    ROLE_PERMISSIONS,
     ROLES,
     Conflict,
     Forbidden,
@@ -34,6 +36,7 @@ from motes.registry.models import (
     Org,
     Principal,
 )
+from motes.registry.sessions import Throttle
 from motes.registry.tables import (
     buckets,
     invitations,
@@ -44,6 +47,7 @@ from motes.registry.tables import (
     sessions,
     users,
 )
+from motes.registry.tokens import Tokens
 
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 SETUP_TOKEN_SECONDS = 72 * 3600
@@ -85,9 +89,11 @@ class Invitation:
     role: str
     created_ns: int
     expires_ns: int
+    code: str | None = None  # only when created: the inviter hands it to the invitee
 
 
 INVITATION_SECONDS = 7 * 86400
+INVITE_PREFIX = "miv_"
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,7 @@ class Users:
         self.engine = engine
         self._cache = cache
         self._default_bucket = default_bucket
+        self._guesses = Throttle(5, 900)
 
     # -- orgs -------------------------------------------------------------------------
 
@@ -246,6 +253,7 @@ class Users:
         ).first():
             raise Conflict(f'"{email}" is already invited')
         invitation_id = new_id()
+        code = new_secret(INVITE_PREFIX)
         expires = now + INVITATION_SECONDS * 10**9
         conn.execute(
             invitations.insert().values(
@@ -253,6 +261,7 @@ class Users:
                 org_id=org_id,
                 user_id=user_id,
                 role=role,
+                code_hash=hash_secret(code),
                 created_ns=now,
                 expires_ns=expires,
             )
@@ -268,7 +277,7 @@ class Users:
         )
         org = conn.execute(sa.select(orgs).where(orgs.c.id == org_id)).one()
         return Invitation(
-            invitation_id, Org(org.id, org.name, org.created_ns), email, role, now, expires
+            invitation_id, Org(org.id, org.name, org.created_ns), email, role, now, expires, code
         )
 
     def invitations(
@@ -307,8 +316,11 @@ class Users:
             audit(conn, actor, org_id, "member.invite_revoke", f"invitation:{invitation_id}")
 
     def answer_invitation(
-        self, user_id: str, invitation_id: str, accept: bool, actor: Actor
+        self, user_id: str, invitation_id: str, accept: bool, actor: Actor, code: str = ""
     ) -> None:
+        """Accepting needs the invitation's code, which the inviter passed to the person by
+        their own channel: an account whose password another org's admin chose must not join
+        on its own (emails are not verified)."""
         with self.engine.begin() as conn:
             r = conn.execute(
                 sa.select(invitations).where(
@@ -319,6 +331,8 @@ class Users:
             ).first()
             if r is None:
                 raise NotFound(f'invitation "{invitation_id}" not found')
+            if accept and not hmac.compare_digest(r.code_hash, hash_secret(code)):
+                raise Forbidden("wrong invitation code: ask whoever invited you for it")
             conn.execute(invitations.delete().where(invitations.c.id == invitation_id))
             if accept:
                 _insert_membership(conn, r.org_id, user_id, r.role)
@@ -358,7 +372,7 @@ class Users:
             )
             audit(conn, actor, org_id, "user.create", f"user:{user_id}", email=email)
             if password is None:
-                setup = _issue_password_token(conn, user_id)
+                setup = _issue_password_token(conn, user_id, org_id)
         else:
             user_id = row.id
             if password is not None:
@@ -418,7 +432,9 @@ class Users:
     ) -> User:
         with self.engine.begin() as conn:
             current = self._member(conn, org_id, user_id)
-            if name is not None:
+            if name is not None and name != current.name:
+                _check_grant(by, current.role or "viewer")
+                _only_this_org(conn, org_id, user_id, "rename")
                 if len(name) > 256:
                     raise Invalid("a name has at most 256 characters")
                 conn.execute(users.update().where(users.c.id == user_id).values(name=name))
@@ -434,6 +450,7 @@ class Users:
                 if current.role == "owner":
                     _keep_an_owner(conn, org_id)
                 audit(conn, actor, org_id, "member.role", f"user:{user_id}", role=role)
+                Tokens.deactivate_made_by(conn, org_id, user_id, actor)
             if disabled is not None and disabled != current.disabled:
                 _only_this_org(conn, org_id, user_id, "disable or enable")
                 _check_grant(by, current.role or "viewer")
@@ -460,6 +477,7 @@ class Users:
             if current.role == "owner":
                 _keep_an_owner(conn, org_id)
             audit(conn, actor, org_id, "member.remove", f"user:{user_id}", email=current.email)
+            Tokens.deactivate_made_by(conn, org_id, user_id, actor)
             left = conn.execute(
                 sa.select(sa.func.count()).where(memberships.c.user_id == user_id)
             ).scalar_one()
@@ -482,7 +500,7 @@ class Users:
             current = self._member(conn, org_id, user_id)
             _check_grant(by, current.role or "viewer")
             _only_this_org(conn, org_id, user_id, "reset the password of")
-            token = _issue_password_token(conn, user_id)
+            token = _issue_password_token(conn, user_id, org_id)
             audit(conn, actor, org_id, "user.password_reset", f"user:{user_id}")
         return token, now_ns() + SETUP_TOKEN_SECONDS * 10**9
 
@@ -493,13 +511,20 @@ class Users:
             r = conn.execute(
                 sa.select(password_tokens).where(password_tokens.c.token_hash == digest)
             ).first()
-            if r is None or r.used_ns is not None or r.expires_ns <= now_ns():
-                raise Invalid("the reset token is unknown, used or expired: ask for a new one")
-            conn.execute(
+            now = now_ns()
+            claimed = conn.execute(  # one use, even when tried concurrently
                 password_tokens.update()
-                .where(password_tokens.c.token_hash == digest)
-                .values(used_ns=now_ns())
-            )
+                .where(
+                    password_tokens.c.token_hash == digest,
+                    password_tokens.c.used_ns.is_(None),
+                    password_tokens.c.expires_ns > now,
+                )
+                .values(used_ns=now)
+            ).rowcount
+            if r is None or claimed != 1:
+                raise Invalid("the reset token is unknown, used or expired: ask for a new one")
+            # issued by one org's admin: no good once the account belongs to another org too
+            _only_this_org(conn, r.org_id, r.user_id, "use this reset token for")
             self._set_password(conn, r.user_id, password)
             audit(
                 conn,
@@ -512,10 +537,16 @@ class Users:
 
     def change_password(self, user_id: str, current: str, password: str, actor: Actor) -> None:
         check_password_rules(password)
+        mark = self._guesses.reserve(user_id)  # a stolen session must not guess the password
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(users.c.password_hash).where(users.c.id == user_id)).first()
         if r is None or not verify_password(r.password_hash, current):
+            with self.engine.begin() as conn:
+                audit(
+                    conn, actor, None, "user.password_change", f"user:{user_id}", outcome="failure"
+                )
             raise Invalid("the current password is wrong")
+        self._guesses.release(user_id, mark)
         with self.engine.begin() as conn:
             self._set_password(conn, user_id, password)
             audit(conn, actor, None, "user.password_change", f"user:{user_id}")
@@ -528,6 +559,7 @@ class Users:
             .values(password_hash=hash_password(password), password_changed_ns=now_ns())
         )
         _end_sessions(conn, user_id)
+        _drop_password_tokens(conn, user_id)
 
     def make_operator(self, conn: sa.Connection, email: str, password: str, org_id: str) -> None:
         """The first start's operator account (settings ``init_admin_*``), owner of ``org_id``,
@@ -537,11 +569,15 @@ class Users:
 
 
 def _check_grant(by: Principal, role: str) -> None:
-    """Owners (and all-access tokens) handle owners; admins handle the other roles."""
-    if role == "owner" and not by.all_access:
-        raise Forbidden("only owners may make, change or remove owners")
+    """Owners (and all-access tokens) handle owners; others handle roles whose every
+    permission they hold themselves (a ``write:users`` token cannot make admins)."""
     if not by.allows("write", "users"):
         raise Forbidden("managing members needs write:users (admins and owners)")
+    if role == "owner" and not by.all_access:
+        raise Forbidden("only owners may make, change or remove owners")
+    missing = [str(p) for p in ROLE_PERMISSIONS[role] if not by.holds(p)]
+    if missing:
+        raise Forbidden(f"you cannot make or change a {role}: you do not hold {', '.join(missing)}")
 
 
 def _keep_an_owner(conn: sa.Connection, org_id: str) -> None:
@@ -568,18 +604,29 @@ def _only_this_org(conn: sa.Connection, org_id: str, user_id: str, what: str) ->
         )
 
 
+def _drop_password_tokens(conn: sa.Connection, user_id: str) -> None:
+    conn.execute(password_tokens.delete().where(password_tokens.c.user_id == user_id))
+
+
 def _insert_membership(conn: sa.Connection, org_id: str, user_id: str, role: str) -> None:
+    # a setup or reset token another org issued was meant for an account outside this org
+    conn.execute(
+        password_tokens.delete().where(
+            password_tokens.c.user_id == user_id, password_tokens.c.org_id != org_id
+        )
+    )
     conn.execute(
         memberships.insert().values(org_id=org_id, user_id=user_id, role=role, created_ns=now_ns())
     )
 
 
-def _issue_password_token(conn: sa.Connection, user_id: str) -> str:
+def _issue_password_token(conn: sa.Connection, user_id: str, org_id: str) -> str:
     token = new_secret(SETUP_PREFIX)
     conn.execute(
         password_tokens.insert().values(
             token_hash=hash_secret(token),
             user_id=user_id,
+            org_id=org_id,
             expires_ns=now_ns() + SETUP_TOKEN_SECONDS * 10**9,
         )
     )

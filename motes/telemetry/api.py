@@ -285,13 +285,21 @@ async def device_telemetry(request: Request) -> Response:
         bucket = resolve_bucket(request, org, named)
         require(principal, "write", bucket)
     decoded = await _decode(request, _codec(request, device))
+    # the device record (deviceinfo, last seen, registration) is the device's or needs
+    # write:devices; data alone needs only the bucket
+    keeps_record = principal.kind == "device" or principal.allows("write", "devices", device)
+    if decoded.attributes is not None and not keeps_record:
+        raise Forbidden(
+            f'"deviceinfo" changes the record of device "{device}": needs write:devices'
+        )
     try:
         response = await _write(request, bucket, decoded)
     except WriteRejected as exc:
-        if exc.written or not decoded.frames:  # the request was taken, in part
+        if keeps_record and (exc.written or not decoded.frames):  # taken, in part
             await _record(request, org, bucket, device, decoded)
         raise
-    await _record(request, org, bucket, device, decoded)
+    if keeps_record:
+        await _record(request, org, bucket, device, decoded)
     return response
 
 

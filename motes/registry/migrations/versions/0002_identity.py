@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("org_id", sa.String(32), sa.ForeignKey("orgs.id"), nullable=False),
         sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id"), nullable=False),
         sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("code_hash", sa.String(64), nullable=False),
         sa.Column("created_ns", sa.BigInteger, nullable=False),
         sa.Column("expires_ns", sa.BigInteger, nullable=False),
         sa.UniqueConstraint("org_id", "user_id"),
@@ -66,6 +67,7 @@ def upgrade() -> None:
         "password_tokens",
         sa.Column("token_hash", sa.String(64), primary_key=True),
         sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id"), nullable=False),
+        sa.Column("org_id", sa.String(32), nullable=False),
         sa.Column("expires_ns", sa.BigInteger, nullable=False),
         sa.Column("used_ns", sa.BigInteger),
     )
