@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from motes.registry.models import Invalid
 from motes.registry.tables import audit_log
 
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
 #: how long a verified credential is trusted without asking the database again; changes made
 #: in this process apply at once, those made by another process within this time

@@ -21,7 +21,16 @@ import jwt
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from motes.registry.common import Actor, TTLCache, audit, hash_secret, new_id, new_secret, now_ns
+from motes.registry.common import (
+    EMAIL,
+    Actor,
+    TTLCache,
+    audit,
+    hash_secret,
+    new_id,
+    new_secret,
+    now_ns,
+)
 from motes.registry.crypto import verify_password
 from motes.registry.models import (
     ROLE_PERMISSIONS,
@@ -166,7 +175,8 @@ class Sessions:
                     "auth.login",
                     f"user:{r.id}" if r is not None else "",
                     outcome="failure",
-                    email=email,
+                    # a password typed into the name field must not land in the log
+                    email=email if EMAIL.match(email) else "(not an email)",
                     reason="disabled" if ok and r is not None else "wrong credentials",
                 )
             raise OAuthError("invalid_grant", "wrong email or password")

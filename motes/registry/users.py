@@ -8,7 +8,6 @@ user, setup = users.add(org.id, principal, actor, "bo@acme.io", "Bo", "viewer", 
 from __future__ import annotations
 
 import hmac
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from motes.registry.common import (
+    EMAIL,
     Actor,
     TTLCache,
     audit,
@@ -49,7 +49,6 @@ from motes.registry.tables import (
 )
 from motes.registry.tokens import Tokens
 
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 SETUP_TOKEN_SECONDS = 72 * 3600
 SETUP_PREFIX = "mpw_"
 
