@@ -222,3 +222,32 @@ def test_a_short_master_key_file_is_refused(tmp_path: Path) -> None:
     else:
         raise AssertionError("a 3-byte key was accepted")
     assert TOKEN  # the operator token of the fixtures is unaffected
+
+
+def test_a_key_revoked_in_one_process_stops_in_another_within_seconds(tmp_path: Path) -> None:
+    import time
+
+    from motes.registry.common import EPOCH_CHECK_SECONDS, SYSTEM
+    from motes.registry.devices import DeviceSpec
+    from motes.registry.models import Unauthorized
+    from motes.registry.service import Registry
+
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    one, two = Registry.open(url), Registry.open(url)  # two server processes, one registry
+    try:
+        one.bootstrap("main", "telemetry", TOKEN)
+        org = one.org_by_name("main").id
+        _, key = one.devices.create(org, SYSTEM, DeviceSpec("sample"))
+        assert two.authenticate("thing", key).id == "sample"  # verified and cached in "two"
+        one.devices.revoke_key(org, "sample", SYSTEM)
+        started = time.monotonic()
+        while True:
+            try:
+                two.authenticate("thing", key)
+            except Unauthorized:
+                break
+            assert time.monotonic() - started < EPOCH_CHECK_SECONDS + 1, "still accepted"
+            time.sleep(0.05)
+    finally:
+        one.close()
+        two.close()

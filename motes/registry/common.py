@@ -7,19 +7,22 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from motes.registry.models import Invalid
-from motes.registry.tables import audit_log
+from motes.registry.tables import audit_log, credential_epoch
 
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
-#: how long a verified credential is trusted without asking the database again; changes made
-#: in this process apply at once, those made by another process within this time
-CREDENTIAL_CACHE_SECONDS = 2.0
+#: how long a verified credential is trusted without asking the database again
+CREDENTIAL_CACHE_SECONDS = 60.0
+#: how often a process checks whether another one changed credentials (then it forgets all):
+#: changes made in this process apply at once, those made by another within this time
+EPOCH_CHECK_SECONDS = 2.0
 
 
 def now_ns() -> int:
@@ -87,20 +90,44 @@ def audit(
     )
 
 
-@dataclass
 class TTLCache:
-    """Verified credentials by hash, each trusted for ``ttl`` seconds; ``clear`` on change."""
+    """Verified credentials by hash, trusted for ``ttl`` seconds.
 
-    ttl: float = CREDENTIAL_CACHE_SECONDS
-    _items: dict[str, tuple[float, Any]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    #: bumped by every ``clear``: a value read from the database before a change must not be
-    #: cached after it (``put`` drops values read under an older generation)
-    generation: int = 0
+    A change in this process (rotate, revoke, disable, sign-out, role change) calls
+    :meth:`clear`: the cache empties at once and the shared epoch in the registry database
+    is bumped; every process compares that epoch at most every ``check_every`` seconds and
+    empties its own cache when it moved. So a verified key costs no database round trip for a
+    minute, and a revoked one stops within ``check_every`` seconds everywhere.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        ttl: float = CREDENTIAL_CACHE_SECONDS,
+        check_every: float = EPOCH_CHECK_SECONDS,
+    ) -> None:
+        self.ttl = ttl
+        self.check_every = check_every
+        self._engine = engine
+        self._items: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+        self._epoch: int | None = None
+        self._next_check = 0.0
+        #: bumped by every local clear: a value read from the database before a change must
+        #: not be cached after it (``put`` drops values read under an older generation)
+        self.generation = 0
 
     def get(self, key: str) -> Any:
+        now = time.monotonic()
+        if self._engine is not None and now >= self._next_check:
+            self._next_check = now + self.check_every
+            epoch = self._read_epoch()
+            if epoch != self._epoch:
+                if self._epoch is not None:
+                    self._forget()
+                self._epoch = epoch
         item = self._items.get(key)
-        if item is None or item[0] < time.monotonic():
+        if item is None or item[0] < now:
             return None
         return item[1]
 
@@ -113,6 +140,20 @@ class TTLCache:
             self._items[key] = (time.monotonic() + self.ttl, value)
 
     def clear(self) -> None:
+        """Call after a change committed: forget here, tell the other processes."""
+        self._forget()
+        if self._engine is not None:
+            with self._engine.begin() as conn:
+                conn.execute(credential_epoch.update().values(epoch=credential_epoch.c.epoch + 1))
+            self._epoch = self._read_epoch()
+
+    def _forget(self) -> None:
         with self._lock:
             self.generation += 1
             self._items.clear()
+
+    def _read_epoch(self) -> int:
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            epoch = conn.execute(sa.select(credential_epoch.c.epoch)).scalar()
+        return int(epoch or 0)

@@ -77,7 +77,7 @@ class Registry:
     ) -> None:
         self.engine = engine
         master = master_key or secrets.token_bytes(32)
-        self.credentials = TTLCache()
+        self.credentials = TTLCache(engine)
         self.tokens = Tokens(engine, self.credentials)
         self.users = Users(engine, self.credentials, default_bucket)
         self.sessions = Sessions(
@@ -265,6 +265,28 @@ class Registry:
         if r is None:
             raise NotFound(f'bucket "{name}" not found')
         bucket = self._buckets[(org_id, name)] = Bucket(r.id, r.org_id, r.name, r.retention_seconds)
+        return bucket
+
+    def find_bucket(self, org_id: str, name_or_id: str) -> Bucket:
+        """A bucket by name, else by id; both answers are cached (one query on a miss)."""
+        cached = self._buckets.get((org_id, name_or_id)) or self._buckets.get(
+            (org_id, "id:" + name_or_id)
+        )
+        if cached is not None:
+            return cached
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(buckets).where(
+                    buckets.c.org_id == org_id,
+                    sa.or_(buckets.c.name == name_or_id, buckets.c.id == name_or_id),
+                )
+            ).all()
+        if not rows:
+            raise NotFound(f'bucket "{name_or_id}" not found')
+        r = next((r for r in rows if r.name == name_or_id), rows[0])
+        bucket = Bucket(r.id, r.org_id, r.name, r.retention_seconds)
+        self._buckets[(org_id, bucket.name)] = bucket
+        self._buckets[(org_id, "id:" + bucket.id)] = bucket
         return bucket
 
     def bucket(self, org_id: str, bucket_id: str) -> Bucket:

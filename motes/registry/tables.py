@@ -189,6 +189,15 @@ secrets = sa.Table(
     sa.Column("updated_ns", sa.BigInteger, nullable=False),
 )
 
+# one row: bumped by every change to credentials, so each process knows when to forget the
+# credentials it verified (see motes/registry/common.py TTLCache)
+credential_epoch = sa.Table(
+    "credential_epoch",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+)
+
 audit_log = sa.Table(
     "audit_log",
     metadata,

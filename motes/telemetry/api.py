@@ -156,10 +156,7 @@ def resolve_bucket(request: Request, org: Org, name: str | None) -> Bucket:
     registry = request.app.state.registry
     if not name:
         name = request.app.state.settings.init_bucket
-    try:
-        bucket: Bucket = registry.bucket_by_name(org.id, name)
-    except NotFound:
-        bucket = registry.bucket(org.id, name)
+    bucket: Bucket = registry.find_bucket(org.id, name)
     return bucket
 
 

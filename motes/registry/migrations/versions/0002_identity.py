@@ -189,6 +189,12 @@ def upgrade() -> None:
         sa.Column("created_ns", sa.BigInteger, nullable=False),
         sa.Column("updated_ns", sa.BigInteger, nullable=False),
     )
+    epoch = op.create_table(
+        "credential_epoch",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("epoch", sa.BigInteger, nullable=False),
+    )
+    op.bulk_insert(epoch, [{"id": 1, "epoch": 0}])
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
