@@ -49,9 +49,9 @@ from motes.registry.schemas import (
     iso,
 )
 from motes.telemetry import codecs
-from motes.telemetry.api import _write, resolve_bucket, resolve_org
+from motes.telemetry.api import resolve_bucket, resolve_org, write_decoded
 from motes.telemetry.models import DEVICE_TAG, Decoded, format_tagset, parse_tagset
-from motes.telemetry.query_api import _latest_json
+from motes.telemetry.query_api import latest_json
 
 BULK_LIMIT = 4 * 1024 * 1024
 MAX_BULK = 10_000
@@ -264,7 +264,7 @@ async def get_device(request: Request) -> Response:
         or (principal.kind == "device" and principal.id == device_id)
     ):
         rows = request.app.state.telemetry.latest(bucket, None, {DEVICE_TAG: [device_id]})
-        for entry in (e for r in rows for e in _latest_json(r, None)):
+        for entry in (e for r in rows for e in latest_json(r, None)):
             for name, value in entry["fields"].items():
                 latest[name] = {**value, "measurement": entry["measurement"]}
     out = DeviceDetail(
@@ -540,7 +540,7 @@ async def publish(request: Request) -> Response:
         extra["subtopic"] = subtopic.strip("/").replace("/", ".")
     publisher = principal.id if principal.kind == "device" else None
     decoded = await run_in_threadpool(_decode_message, content_type, body, publisher, extra)
-    return await _write(request, bucket, decoded)
+    return await write_decoded(request, bucket, decoded)
 
 
 def _decode_message(

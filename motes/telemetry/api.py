@@ -172,7 +172,8 @@ def precision_of(request: Request, default: str = "ns") -> str:
     return precision
 
 
-async def _write(request: Request, bucket: Bucket, decoded: Decoded) -> Response:
+async def write_decoded(request: Request, bucket: Bucket, decoded: Decoded) -> Response:
+    """Submit decoded points to the group-commit writer; 204 once they are durable."""
     service = request.app.state.telemetry
     if not decoded.frames and not decoded.errors and decoded.attributes is None:
         raise DecodeError("writing requires points: the body holds none")
@@ -211,7 +212,7 @@ async def write_v2(request: Request) -> Response:
     bucket = resolve_bucket(request, org, name)
     require(principal, "write", bucket)
     decoded = await _decode(request, partial(_lp, precision=precision_of(request)))
-    return await _write(request, bucket, decoded)
+    return await write_decoded(request, bucket, decoded)
 
 
 def _lp(body: bytes, precision: str) -> Decoded:
@@ -248,7 +249,7 @@ async def write_v1(request: Request) -> Response:
     if precision not in PRECISION_NS:
         raise BadRequest(f'invalid precision "{precision}": use n, u, ms or s')
     decoded = await _decode(request, partial(_lp, precision=precision))
-    return await _write(request, bucket, decoded)
+    return await write_decoded(request, bucket, decoded)
 
 
 @operation(
@@ -290,7 +291,7 @@ async def device_telemetry(request: Request) -> Response:
             f'"deviceinfo" changes the record of device "{device}": needs write:devices'
         )
     try:
-        response = await _write(request, bucket, decoded)
+        response = await write_decoded(request, bucket, decoded)
     except WriteRejected as exc:
         if keeps_record and (exc.written or not decoded.frames):  # taken, in part
             await _record(request, org, bucket, device, decoded)
@@ -334,7 +335,7 @@ async def bucket_points(request: Request) -> Response:
     bucket = resolve_bucket(request, org, request.path_params["bucket"])
     require(principal, "write", bucket)
     decoded = await _decode(request, _codec(request, None))
-    return await _write(request, bucket, decoded)
+    return await write_decoded(request, bucket, decoded)
 
 
 def _codec(request: Request, device: str | None) -> partial[Decoded]:

@@ -312,7 +312,7 @@ def _ms_param(text: str | None, default: int) -> int:
     return max(MIN_NS // 1_000_000, min(MAX_NS // 1_000_000, int(text)))
 
 
-def _latest_json(rows: LatestRows, epoch: str | None) -> list[dict[str, Any]]:
+def latest_json(rows: LatestRows, epoch: str | None) -> list[dict[str, Any]]:
     """One entry per series: ``{"measurement", "tags", "fields": {f: {"time", "value"}}}``."""
     columns = []
     for name, (times, values) in rows.fields.items():
@@ -346,7 +346,7 @@ async def latest(request: Request) -> Response:
     for rows in found:
         if wanted:
             rows.fields = {n: c for n, c in rows.fields.items() if n in wanted}
-        series.extend(_latest_json(rows, epoch))
+        series.extend(latest_json(rows, epoch))
     return JSONResponse({"series": series})
 
 
