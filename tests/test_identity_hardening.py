@@ -251,3 +251,31 @@ def test_a_key_revoked_in_one_process_stops_in_another_within_seconds(tmp_path: 
     finally:
         one.close()
         two.close()
+
+
+def test_a_bucket_deleted_in_one_process_is_gone_in_another_within_seconds(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    import pytest
+
+    from motes.registry.common import EPOCH_CHECK_SECONDS
+    from motes.registry.models import NotFound
+    from motes.registry.service import Registry
+
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    one, two = Registry.open(url), Registry.open(url)
+    try:
+        one.bootstrap("main", "telemetry", TOKEN)
+        org = one.org_by_name("main").id
+        doomed = one.create_bucket(org, "doomed", 0)
+        assert two.bucket_by_name(org, "doomed").id == doomed.id  # cached in "two"
+        one.delete_bucket(doomed)
+        time.sleep(EPOCH_CHECK_SECONDS + 0.1)
+        two.authenticate("token", TOKEN)  # every request authenticates first: the epoch check
+        with pytest.raises(NotFound):
+            two.bucket_by_name(org, "doomed")
+    finally:
+        one.close()
+        two.close()

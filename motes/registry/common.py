@@ -7,6 +7,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,8 @@ class TTLCache:
         self._lock = threading.Lock()
         self._epoch: int | None = None
         self._next_check = 0.0
+        #: called whenever the cache forgets: other caches that must follow the epoch
+        self.on_forget: list[Callable[[], None]] = []
         #: bumped by every local clear: a value read from the database before a change must
         #: not be cached after it (``put`` drops values read under an older generation)
         self.generation = 0
@@ -122,9 +125,8 @@ class TTLCache:
         if self._engine is not None and now >= self._next_check:
             self._next_check = now + self.check_every
             epoch = self._read_epoch()
-            if epoch != self._epoch:
-                if self._epoch is not None:
-                    self._forget()
+            if epoch != self._epoch:  # also on the first check: what was cached before it
+                self._forget()  # may predate a change made elsewhere
                 self._epoch = epoch
         item = self._items.get(key)
         if item is None or item[0] < now:
@@ -151,6 +153,8 @@ class TTLCache:
         with self._lock:
             self.generation += 1
             self._items.clear()
+        for forget in self.on_forget:
+            forget()
 
     def _read_epoch(self) -> int:
         assert self._engine is not None

@@ -78,6 +78,9 @@ class Registry:
         self.engine = engine
         master = master_key or secrets.token_bytes(32)
         self.credentials = TTLCache(engine)
+        # orgs, buckets and schemas follow the same epoch: a bucket deleted or a schema
+        # declared through another process is seen here within the epoch check interval
+        self.credentials.on_forget.append(self._forget_catalog)
         self.tokens = Tokens(engine, self.credentials)
         self.users = Users(engine, self.credentials, default_bucket)
         self.sessions = Sessions(
@@ -289,6 +292,11 @@ class Registry:
         self._buckets[(org_id, "id:" + bucket.id)] = bucket
         return bucket
 
+    def _forget_catalog(self) -> None:
+        self._orgs.clear()
+        self._buckets.clear()
+        self._schema_cache.clear()
+
     def bucket(self, org_id: str, bucket_id: str) -> Bucket:
         cached = self._buckets.get((org_id, "id:" + bucket_id))
         if cached is not None:
@@ -313,8 +321,7 @@ class Registry:
             audit(
                 conn, actor, bucket.org_id, "bucket.delete", f"bucket:{bucket.id}", name=bucket.name
             )
-        self._schema_cache.clear()
-        self._buckets.clear()
+        self.credentials.clear()  # forgets the catalog here and tells the other processes
 
     def rename_org(self, org_id: str, actor: Actor, name: str) -> None:
         self.users.rename_org(org_id, actor, name)
@@ -343,6 +350,7 @@ class Registry:
                     bucket_id=schema.bucket_id, measurement=schema.measurement, **values
                 )
             )
+        self.credentials.clear()
         self._schema_cache[(schema.bucket_id, schema.measurement)] = schema
 
     def schema(self, bucket_id: str, measurement: str) -> MeasurementSchema | None:
