@@ -21,6 +21,7 @@ from motes.cli.options import (
     changes,
     echo_json,
     echo_secret,
+    given,
     json_option,
     listed,
     show,
@@ -86,8 +87,7 @@ def create_org(
     """Create org NAME: you become its owner, or (operator) --owner-email does."""
     body: dict[str, Any] = {"name": name}
     if owner_email:
-        owner = {"email": owner_email, "name": owner_name, "password": owner_password}
-        body["owner"] = {key: value for key, value in owner.items() if value is not None}
+        body["owner"] = given(email=owner_email, name=owner_name, password=owner_password)
     elif owner_name or owner_password:
         raise click.UsageError("--owner-name and --owner-password need --owner-email")
     answer = client.call("POST", api_path("orgs"), json=body, in_org=False)
@@ -138,8 +138,7 @@ def create_user(
         if password is not None:
             raise click.UsageError("give --password or --password-prompt, not both")
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    body = {"email": email, "role": role, "name": name, "password": password}
-    body = {key: value for key, value in body.items() if value is not None}
+    body = given(email=email, role=role, name=name, password=password)
     answer = client.call("POST", api_path("users"), json=body)
     show([answer], USER_COLUMNS, as_json, answer)
     if not as_json and answer.get("setupToken"):
@@ -234,8 +233,7 @@ def create_token(
     """Create an API token; without permission options it has all access."""
     permissions = [f"read:buckets/{b}" for b in read_bucket]
     permissions += [f"write:buckets/{b}" for b in write_bucket] + list(permission)
-    body: dict[str, Any] = {"description": description, "expiresIn": expires_in}
-    body = {key: value for key, value in body.items() if value is not None}
+    body = given(description=description, expiresIn=expires_in)
     if permissions:
         body["permissions"] = permissions
     answer = client.call("POST", api_path("tokens"), json=body)

@@ -23,6 +23,7 @@ from motes.cli.options import (
     changes,
     echo_json,
     echo_secret,
+    given,
     json_option,
     listed,
     parse_json_object,
@@ -147,7 +148,7 @@ def create_device(
         "bucket": bucket,
         "permissions": _given(permissions),
     }
-    body = {key: value for key, value in body.items() if value is not None}
+    body = given(**body)
     answer = client.call("POST", api_path("devices"), json=body)
     show([answer], DEVICE_COLUMNS, as_json, answer)
     if not as_json:
@@ -288,8 +289,7 @@ def create_channel(
     as_json: bool,
 ) -> None:
     """Create channel CHANNEL_ID."""
-    body = {"id": channel_id, "name": name, "bucket": bucket, "metadata": metadata}
-    body = {key: value for key, value in body.items() if value is not None}
+    body = given(id=channel_id, name=name, bucket=bucket, metadata=metadata)
     answer = client.call("POST", api_path("channels"), json=body)
     show([answer], CHANNEL_COLUMNS, as_json, answer)
 

@@ -140,9 +140,14 @@ def listed(answer: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
-def changes(**given: object) -> dict[str, object]:
+def given(**values: Any) -> dict[str, Any]:
+    """A request body of the options that were given (None means not given)."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def changes(**values: object) -> dict[str, object]:
     """The PATCH body: only what was given; refuses an empty one."""
-    changes = {key: value for key, value in given.items() if value is not None}
+    changes = given(**values)
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")
     return changes
