@@ -270,12 +270,12 @@ def test_a_bucket_deleted_in_one_process_is_gone_in_another_within_seconds(
         one.bootstrap("main", "telemetry", TOKEN)
         org = one.org_by_name("main").id
         doomed = one.create_bucket(org, "doomed", 0)
-        assert two.bucket_by_name(org, "doomed").id == doomed.id  # cached in "two"
+        assert two.find_bucket(org, "doomed").id == doomed.id  # cached in "two"
         one.delete_bucket(doomed)
         time.sleep(EPOCH_CHECK_SECONDS + 0.1)
         two.authenticate("token", TOKEN)  # every request authenticates first: the epoch check
         with pytest.raises(NotFound):
-            two.bucket_by_name(org, "doomed")
+            two.find_bucket(org, "doomed")
     finally:
         one.close()
         two.close()

@@ -522,7 +522,7 @@ def test_revoking_ends_the_session_at_once(
 
 
 def test_a_device_key_authenticates_as_its_device(registry: Registry, operator: Principal) -> None:
-    bucket = registry.bucket_by_name(operator.org_id, "telemetry")
+    bucket = registry.find_bucket(operator.org_id, "telemetry")
     device, key = registry.devices.create(
         operator.org_id,
         actor(operator),
@@ -645,7 +645,7 @@ def test_device_search_filters_and_counts(registry: Registry, operator: Principa
 def test_sending_data_registers_a_device_without_a_key(
     registry: Registry, operator: Principal, reopen: Callable[..., Registry]
 ) -> None:
-    bucket = registry.bucket_by_name(operator.org_id, "telemetry")
+    bucket = registry.find_bucket(operator.org_id, "telemetry")
     registry.devices.touch(operator.org_id, "auto-1", bucket.id)
     registry.devices.record_attributes(operator.org_id, "auto-1", {"fw": "1.0"}, bucket.id)
     device = reopen().devices.get(operator.org_id, "auto-1")
@@ -665,7 +665,7 @@ def test_sending_data_registers_a_device_without_a_key(
 def test_attributes_merge_and_keep_history(
     registry: Registry, operator: Principal, reopen: Callable[..., Registry]
 ) -> None:
-    bucket = registry.bucket_by_name(operator.org_id, "telemetry")
+    bucket = registry.find_bucket(operator.org_id, "telemetry")
     registry.devices.create(operator.org_id, actor(operator), DeviceSpec("gh-1"))
     record = registry.devices.record_attributes
     record(operator.org_id, "gh-1", {"fw": "1.0", "model": "x1"}, bucket.id)
@@ -684,7 +684,7 @@ def test_attributes_merge_and_keep_history(
 def test_flush_seen_persists_last_seen(
     registry: Registry, operator: Principal, reopen: Callable[..., Registry]
 ) -> None:
-    bucket = registry.bucket_by_name(operator.org_id, "telemetry")
+    bucket = registry.find_bucket(operator.org_id, "telemetry")
     registry.devices.create(operator.org_id, actor(operator), DeviceSpec("gh-1"))
     before = time.time_ns()
     registry.devices.touch(operator.org_id, "gh-1", bucket.id)
@@ -749,7 +749,7 @@ def test_deleting_a_device_removes_its_connections(registry: Registry, operator:
 def test_scoped_tokens_hold_exactly_their_permissions(
     registry: Registry, operator: Principal
 ) -> None:
-    bucket = registry.bucket_by_name(operator.org_id, "telemetry")
+    bucket = registry.find_bucket(operator.org_id, "telemetry")
     info, secret = registry.tokens.create(
         operator, actor(operator), "grafana", [f"read:buckets/{bucket.id}", "read:devices"]
     )
@@ -910,7 +910,7 @@ def test_changes_and_their_audit_events_commit_together(
 ) -> None:
     """If anything fails once the event is written, neither the change nor the event stays."""
     org, by = operator.org_id, actor(operator)
-    bucket = registry.bucket_by_name(org, "telemetry")
+    bucket = registry.find_bucket(org, "telemetry")
     add_user(registry, operator, "viewer@example.com", "viewer")
     viewer = next(u for u in registry.users.members(org) if u.role == "viewer")
     registry.devices.create(org, by, DeviceSpec("gh-1"))

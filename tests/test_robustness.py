@@ -251,7 +251,7 @@ def test_huge_numbers_are_400(client: TestClient) -> None:
 def test_retention_forgets_latest_values_without_a_rebuild(client: TestClient) -> None:
     store = client.app.state.telemetry.store  # type: ignore[attr-defined]
     write(client, b"ret,device=a f=1 1000\nret,device=b f=2 5000000000000\n")
-    bucket = client.app.state.registry.bucket_by_name(  # type: ignore[attr-defined]
+    bucket = client.app.state.registry.find_bucket(  # type: ignore[attr-defined]
         client.app.state.registry.org_by_name("main").id,
         "telemetry",  # type: ignore[attr-defined]
     )

@@ -257,19 +257,6 @@ class Registry:
             rows = conn.execute(sa.select(buckets)).all()
         return [Bucket(r.id, r.org_id, r.name, r.retention_seconds) for r in rows]
 
-    def bucket_by_name(self, org_id: str, name: str) -> Bucket:
-        cached = self._buckets.get((org_id, name))
-        if cached is not None:
-            return cached
-        with self.engine.connect() as conn:
-            r = conn.execute(
-                sa.select(buckets).where(buckets.c.org_id == org_id, buckets.c.name == name)
-            ).first()
-        if r is None:
-            raise NotFound(f'bucket "{name}" not found')
-        bucket = self._buckets[(org_id, name)] = Bucket(r.id, r.org_id, r.name, r.retention_seconds)
-        return bucket
-
     def find_bucket(self, org_id: str, name_or_id: str) -> Bucket:
         """A bucket by name, else by id; both answers are cached (one query on a miss)."""
         cached = self._buckets.get((org_id, name_or_id)) or self._buckets.get(

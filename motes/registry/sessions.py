@@ -116,10 +116,6 @@ class Throttle:
             self._prune(key)
             self._failures.setdefault(key, deque()).append(time.monotonic())
 
-    def clear(self, key: str) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
-
     def _prune(self, key: str) -> deque[float] | None:
         times = self._failures.get(key)
         if times is None:
