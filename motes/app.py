@@ -17,12 +17,14 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from motes import __version__, apispec
 from motes.http import HANDLED, JSONResponse, error_response
+from motes.mqtt.server import MqttServer
 from motes.registry import api as registry_api
-from motes.registry import api_access, api_auth, api_devices, api_orgs
+from motes.registry import api_access, api_auth, api_commands, api_devices, api_orgs
 from motes.registry.crypto import load_master_key
 from motes.registry.service import Registry
 from motes.settings import Settings
@@ -89,11 +91,20 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         _open(app, settings)
         flusher = asyncio.create_task(_flush_seen(app))
+        sweeper = asyncio.create_task(_sweep(app))
+        mqtt = MqttServer(settings, app.state.registry, app.state.telemetry)
+        app.state.mqtt = mqtt
         try:
+            await mqtt.start()
             yield
         finally:
             flusher.cancel()
+            sweeper.cancel()
+            await mqtt.stop()
             _close(app)
+
+    async def mqtt_websocket(websocket: WebSocket) -> None:
+        await websocket.app.state.mqtt.websocket(websocket)
 
     routes: list[Any] = [
         Route("/health", health, methods=["GET"]),
@@ -105,8 +116,10 @@ def create_app(settings: Settings) -> Starlette:
         *api_auth.routes,
         *api_orgs.routes,
         *api_devices.routes,
+        *api_commands.routes,
         *api_access.routes,
         *apispec.routes,
+        WebSocketRoute("/mqtt", mqtt_websocket),
     ]
     app = Starlette(
         routes=routes,
@@ -215,3 +228,19 @@ async def _flush_seen(app: Starlette) -> None:
                 await run_in_threadpool(registry.devices.flush_seen)
             except Exception:  # a busy database must not end the loop; retried next time
                 log.exception("writing last-seen times failed")
+
+
+SWEEP_SECONDS = 2.0
+
+
+async def _sweep(app: Starlette) -> None:
+    """Expire commands past their time and move device statuses, every few seconds."""
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        registry: Registry | None = getattr(app.state, "registry", None)
+        if registry is not None:
+            try:
+                await run_in_threadpool(registry.commands.expire_due)
+                await run_in_threadpool(registry.devices.sweep_status)
+            except Exception:  # a busy database must not end the loop; retried next time
+                log.exception("expiring commands or sweeping device status failed")

@@ -28,7 +28,33 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     http_port: int = Field(8086, description="Port of the HTTP API.")
     mqtt_port: int = Field(
-        1883, description="Port of the MQTT listener (arrives in a later release)."
+        1883,
+        description=(
+            "Port of the MQTT listener (TCP); 0 turns it off. If the default port is taken, "
+            "Motes starts without it and logs a warning."
+        ),
+    )
+    mqtt_tls_port: int = Field(8883, description="Port of the MQTT listener over TLS.")
+    mqtt_tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) for MQTT over TLS; TLS is off without it."
+    )
+    mqtt_tls_key: Path | None = Field(
+        None, description="PEM private key for MQTT over TLS (default: in the certificate file)."
+    )
+    mqtt_tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: when set, MQTT TLS clients must present a certificate."
+    )
+    mqtt_max_packet_bytes: int = Field(
+        8 * 1024 * 1024,
+        description="Largest MQTT packet accepted; larger ones close the connection.",
+    )
+    mqtt_max_connections: int = Field(100_000, description="MQTT connections accepted at once.")
+    mqtt_max_queued_messages: int = Field(
+        10_000,
+        description="QoS 1/2 messages kept per MQTT session for an offline or slow subscriber.",
+    )
+    mqtt_session_expiry_seconds: int = Field(
+        7 * 24 * 3600, description="Longest an offline persistent MQTT session is kept."
     )
     init_org: str = Field("main", description="Name of the org created on first start.")
     init_bucket: str = Field("telemetry", description="Name of the bucket created on first start.")

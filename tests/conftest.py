@@ -39,7 +39,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", init_token=TOKEN, http_port=free_port())
+    return Settings(
+        data_dir=tmp_path / "data", init_token=TOKEN, http_port=free_port(), mqtt_port=0
+    )
 
 
 @pytest.fixture
@@ -55,6 +57,7 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    mqtt_port: int = 0
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.proc.send_signal(sig)
@@ -62,11 +65,20 @@ class ServerProcess:
 
 
 def start_server(
-    data_dir: Path, port: int | None = None, env: dict[str, str] | None = None
+    data_dir: Path,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    mqtt_port: int = 0,
 ) -> ServerProcess:
-    """Start ``motes serve`` and wait for /health; its stderr goes to a log beside the data."""
+    """Start ``motes serve`` and wait for /health; its stderr goes to a log beside the data.
+    MQTT listens on ``mqtt_port`` (0: off, so parallel servers don't fight over 1883)."""
     port = port or free_port()
-    full_env = {**os.environ, "MOTES_INIT_TOKEN": TOKEN, **(env or {})}
+    full_env = {
+        **os.environ,
+        "MOTES_INIT_TOKEN": TOKEN,
+        "MOTES_MQTT_PORT": str(mqtt_port),
+        **(env or {}),
+    }
     log = data_dir.parent / f"{data_dir.name}-{port}.log"
     cmd = [sys.executable, "-m", "motes.cli.main", "serve", "--data-dir", str(data_dir)]
     with log.open("wb") as err:
@@ -80,7 +92,7 @@ def start_server(
             raise RuntimeError(f"motes serve exited: {log.read_text()}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return ServerProcess(url, data_dir, proc, port, log)
+                return ServerProcess(url, data_dir, proc, port, log, mqtt_port)
         except httpx.HTTPError:
             pass
         time.sleep(0.1)

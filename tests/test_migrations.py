@@ -1,6 +1,7 @@
 """The registry's Alembic migrations on every engine: an empty database reaches the newest
-schema, that schema is the one ``motes.registry.tables`` describes, and a registry made by
-the first release (revision 0001) keeps its devices and operator token through 0002."""
+schema, that schema is the one ``motes.registry.tables`` describes, a registry made by
+the first release (revision 0001) keeps its devices and operator token through 0002, and
+one at 0002 keeps its devices through 0003 (commands and status)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from motes.registry import migrations
-from motes.registry.common import hash_secret
+from motes.registry.common import SYSTEM, hash_secret
 from motes.registry.service import Registry
 from motes.registry.tables import metadata
 
@@ -39,15 +40,23 @@ def revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+#: NOT NULL columns added to tables that may hold rows: the migration gives them server
+#: defaults so the rows there get values; the tables (and so every insert) always set them,
+#: hence ``tables.py`` declares no server default for them
+SERVER_DEFAULTS = {
+    ("tokens", "active"),  # 0002
+    ("tokens", "operator"),
+    ("devices", "connected"),  # 0003
+    ("devices", "status"),
+}
+
+
 def is_intended(diff: Any) -> bool:
-    """0002 gives tokens.active and tokens.operator server defaults so that the tokens of a
-    0001 registry get values for the new NOT NULL columns; the tables (and so every insert)
-    always set both, hence ``tables.py`` declares no server default for them."""
     return (
         isinstance(diff, list)
         and len(diff) == 1
         and diff[0][0] == "modify_default"
-        and (diff[0][2], diff[0][3]) in {("tokens", "active"), ("tokens", "operator")}
+        and (diff[0][2], diff[0][3]) in SERVER_DEFAULTS
     )
 
 
@@ -56,16 +65,17 @@ def test_an_empty_database_upgrades_to_the_schema_of_the_tables(
 ) -> None:
     assert revision(engine) is None
     migrations.upgrade(registry_url)
-    assert revision(engine) == head(registry_url) == "0002"
+    assert revision(engine) == head(registry_url) == "0003"
     migrations.upgrade(registry_url)  # again: nothing to do
-    assert revision(engine) == "0002"
+    assert revision(engine) == "0003"
     with engine.connect() as conn:
         context = MigrationContext.configure(
             conn, opts={"compare_type": True, "compare_server_default": True}
         )
         differences = compare_metadata(context, metadata)
     assert [d for d in differences if not is_intended(d)] == []
-    assert len(differences) == 2  # the two intended ones: a schema change shows up above
+    # the intended ones only: a schema change shows up above
+    assert len(differences) == len(SERVER_DEFAULTS)
 
 
 # -- from revision 0001 ----------------------------------------------------------------------
@@ -218,3 +228,73 @@ def test_the_first_start_token_becomes_the_operator_token(registry_0002: Registr
     scoped = registry_0002.authenticate("token", SCOPED_SECRET)  # its name alone is not enough
     assert (scoped.all_access, scoped.operator) == (False, False)
     assert all(t.active and t.expires_ns is None for t in registry_0002.tokens.list("o1"))
+
+
+# -- from revision 0002 ----------------------------------------------------------------------
+
+devices_0002 = sa.table(
+    "devices",
+    sa.column("org_id"),
+    sa.column("id"),
+    sa.column("name"),
+    sa.column("metadata", sa.JSON),
+    sa.column("tags", sa.JSON),
+    sa.column("bucket_id"),
+    sa.column("permissions", sa.JSON),
+    sa.column("disabled", sa.Boolean),
+    sa.column("key_hash"),
+    sa.column("key_prefix"),
+    sa.column("attributes", sa.JSON),
+    sa.column("last_seen_ns"),
+    sa.column("created_ns"),
+)
+DEVICE_KEY = "mdk_a-key-made-by-release-0002"
+
+
+@pytest.fixture
+def registry_0003(registry_url: str, engine: sa.Engine) -> Iterator[Registry]:
+    """A registry at revision 0002 with a provisioned device, then opened by this release."""
+    migrations.upgrade(registry_url, "0002")
+    with engine.begin() as conn:
+        conn.execute(orgs_0001.insert().values(id="o1", name="main", created_ns=1))
+        conn.execute(
+            devices_0002.insert().values(
+                org_id="o1",
+                id="gh-1",
+                name="Greenhouse",
+                metadata={"site": "n"},
+                tags=["lab"],
+                bucket_id=None,
+                permissions=[],
+                disabled=False,
+                key_hash=hash_secret(DEVICE_KEY),
+                key_prefix=DEVICE_KEY[:12],
+                attributes={"fw": "1.0"},
+                last_seen_ns=100,
+                created_ns=1,
+            )
+        )
+    registry = Registry.open(registry_url)
+    yield registry
+    registry.close()
+
+
+def test_devices_of_0002_start_offline_and_take_commands(registry_0003: Registry) -> None:
+    devices = registry_0003.devices
+    device = devices.get("o1", "gh-1")
+    assert (device.name, device.attributes, device.last_seen_ns) == (
+        "Greenhouse",
+        {"fw": "1.0"},
+        100,
+    )
+    assert (device.status, device.connected, device.expected_interval_seconds) == (
+        "offline",
+        False,
+        None,
+    )
+    assert registry_0003.authenticate("thing", DEVICE_KEY).id == "gh-1"
+    devices.set_connected("o1", "gh-1", True, "connect")
+    assert devices.get("o1", "gh-1").status == "online"
+    assert [c.reason for c in devices.status_history("o1", "gh-1")] == ["connect"]
+    command = registry_0003.commands.create("o1", "gh-1", "reboot", {}, 60, SYSTEM)
+    assert [c.id for c in registry_0003.commands.pending("o1", "gh-1")] == [command.id]

@@ -124,6 +124,7 @@ class Tenant:
     device_key: str = ""
     key_prefix: str = ""
     invitation_id: str = ""
+    command_id: str = ""
 
     @property
     def device_id(self) -> str:
@@ -175,6 +176,9 @@ class Tenant:
             "message name": f"msg-{m}",
             "subtopic": f"sub-{m}",
             "invitation id": self.invitation_id,
+            "command id": self.command_id,
+            "command name": f"cmd-{m}",
+            "command param": f"param-{m}",
         }
         for role, user in self.users.items():
             found |= {f"{role} id": user["id"], f"{role} email": user["email"]}
@@ -227,6 +231,9 @@ def make_tenant(c: TestClient, mark: str, number: float, sign_in_all: bool) -> T
     made = ok(c.post("/api/v1/devices", headers=h, json=device), 201)
     t.device_key, t.key_prefix = made["key"], made["keyPrefix"]
     ok(c.put(f"/api/v1/channels/{t.channel_id}/devices/{t.device_id}", headers=h), 204)
+    command = {"name": f"cmd-{mark}", "params": {"note": f"param-{mark}"}}
+    url = f"/api/v1/devices/{t.device_id}/commands"
+    t.command_id = ok(c.post(url, headers=h, json=command), 201)["id"]
     scoped = [f"write:buckets/{t.bucket_id}", "write:devices", "write:channels"]
     scoped += [f"read:{kind}" for kind in ("buckets", "devices", "channels", "tokens")]
     scoped += [f"read:{kind}" for kind in ("users", "secrets", "audit", "orgs")]
@@ -288,6 +295,8 @@ def snapshot(c: TestClient, app: Starlette, t: Tenant) -> dict[str, Any]:
     }
     for d in state["devices"]["devices"]:
         state[f"device {d['id']}"] = get(f"/api/v1/devices/{d['id']}")
+        state[f"commands {d['id']}"] = get(f"/api/v1/devices/{d['id']}/commands")
+        state[f"status {d['id']}"] = get(f"/api/v1/devices/{d['id']}/status-history")
     for ch in state["channels"]["channels"]:
         state[f"channel {ch['id']}"] = get(f"/api/v1/channels/{ch['id']}/devices")
     for b in state["buckets"]["buckets"]:
@@ -350,6 +359,7 @@ def foreign_values(b: Tenant) -> dict[str, list[str]]:
         "token": [b.tokens["all"]["id"], b.tokens["scoped"]["id"]],
         "subtopic": [f"sub-{b.mark}/x"],
         "invitation": [b.invitation_id],
+        "command": [b.command_id],
     }
 
 
@@ -407,6 +417,11 @@ def body_of(rm: RouteMethod, b: Tenant) -> tuple[str | None, bytes]:
         ("POST", "/api/v1/devices"): (JSON, {"id": "probe", "bucket": b.bucket_id}),
         ("POST", "/api/v1/devices/bulk"): ("text/csv", f"id,bucket\nprobe,{b.bucket_id}\n"),
         ("PATCH", "/api/v1/devices/{device}"): renamed,
+        ("POST", "/api/v1/devices/{device}/commands"): (JSON, {"name": "probe"}),
+        ("POST", "/api/v1/devices/{device}/commands/{command}/response"): (
+            JSON,
+            {"status": "succeeded", "result": {"probe": 1}},
+        ),
         ("POST", "/api/v1/channels"): (JSON, {"id": "probe", "bucket": b.bucket_id}),
         ("PATCH", "/api/v1/channels/{channel}"): renamed,
         ("POST", "/api/v1/channels/{channel}/messages"): senml,

@@ -4,6 +4,9 @@
     motes devices list --search green --tag lab
     motes devices rotate-key greenhouse-1       # the new key is printed once
     motes devices import devices.csv            # header: id,name,tags,metadata,bucket
+    motes devices create pump-3 --expected-interval 5m   # offline after 5 min without data
+    motes devices commands send pump-3 reboot --params '{"delay": 5}' --timeout 1h
+    motes devices commands list pump-3 --state queued
     motes channels create alerts
     motes channels connect alerts greenhouse-1
     motes channels publish alerts --subtopic lab/1 --data '[{"n": "t", "v": 21.5}]'
@@ -13,12 +16,14 @@ Device keys are printed once, when made: the server keeps only a hash and a pref
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 from motes.cli.client import MotesClient, api_path
+from motes.cli.duration import parse_duration
 from motes.cli.options import (
     changes,
     echo_json,
@@ -39,6 +44,7 @@ DEVICE_COLUMNS = [
     ("Bucket", "bucket"),
     ("Key", "keyPrefix"),
     ("Disabled", "disabled"),
+    ("Status", "status"),
     ("Last seen", "lastSeen"),
 ]
 DEVICE_DETAILS = [
@@ -54,9 +60,25 @@ DEVICE_DETAILS = [
     ("Attributes", "attributes"),
     ("Attributes updated", "attributesUpdatedAt"),
     ("Last seen", "lastSeen"),
+    ("Status", "status"),
+    ("Status since", "statusChangedAt"),
+    ("Expected interval (s)", "expectedIntervalSeconds"),
+    ("Connected (MQTT)", "connected"),
+    ("Last connect", "lastConnect"),
+    ("Last disconnect", "lastDisconnect"),
     ("Created", "createdAt"),
 ]
 IMPORTED_COLUMNS = [("ID", "id"), ("Name", "name"), ("Bucket", "bucket"), ("Key", "key")]
+COMMAND_COLUMNS = [
+    ("ID", "id"),
+    ("Name", "name"),
+    ("State", "state"),
+    ("Created", "createdAt"),
+    ("Expires", "expiresAt"),
+    ("Attempts", "attempts"),
+    ("Completed", "completedAt"),
+    ("Error", "error"),
+]
 CHANNEL_COLUMNS = [("ID", "id"), ("Name", "name"), ("Bucket", "bucket"), ("Created", "createdAt")]
 KEY_NOTE = "Store the keys now: they will not be shown again."
 
@@ -71,6 +93,23 @@ _permission_option = click.option(
     metavar="PERM",
     help="A read: permission for the device's key, e.g. read:channels (repeatable).",
 )
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """Click callback: ``300``, ``5m`` or ``1h30m`` as whole seconds."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        return int(text) if text.isdigit() else parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+def _interval_option(help: str) -> Any:
+    return click.option(
+        "--expected-interval", "interval", callback=_seconds, metavar="DURATION", help=help
+    )
 
 
 def _given(values: tuple[str, ...]) -> list[str] | None:
@@ -127,6 +166,7 @@ def list_devices(
 @_metadata_option
 @click.option("--bucket", help="Bucket its telemetry goes to.")
 @_permission_option
+@_interval_option("How often it sends data (300, 5m): offline (stale if connected) after.")
 @json_option
 @with_client
 def create_device(
@@ -137,6 +177,7 @@ def create_device(
     metadata: dict[str, Any] | None,
     bucket: str | None,
     permissions: tuple[str, ...],
+    interval: int | None,
     as_json: bool,
 ) -> None:
     """Provision DEVICE_ID and print its key, once."""
@@ -147,6 +188,7 @@ def create_device(
         "metadata": metadata,
         "bucket": bucket,
         "permissions": _given(permissions),
+        "expectedIntervalSeconds": interval,
     }
     body = given(**body)
     answer = client.call("POST", api_path("devices"), json=body)
@@ -180,6 +222,7 @@ def show_device(client: MotesClient, device_id: str, as_json: bool) -> None:
 @click.option("--bucket", help="New bucket for its telemetry.")
 @_permission_option
 @click.option("--disable/--enable", "disabled", default=None, help="Refuse or accept its key.")
+@_interval_option("How often it sends data (300, 5m); 0 removes the interval.")
 @json_option
 @with_client
 def update_device(
@@ -191,6 +234,7 @@ def update_device(
     bucket: str | None,
     permissions: tuple[str, ...],
     disabled: bool | None,
+    interval: int | None,
     as_json: bool,
 ) -> None:
     """Change DEVICE_ID; options left out stay as they are."""
@@ -201,6 +245,7 @@ def update_device(
         bucket=bucket,
         permissions=_given(permissions),
         disabled=disabled,
+        expectedIntervalSeconds=interval,
     )
     answer = client.call("PATCH", api_path("devices", device_id), json=body)
     show([answer], DEVICE_COLUMNS, as_json, answer)
@@ -244,8 +289,8 @@ def revoke_key(client: MotesClient, device_id: str) -> None:
 def import_devices(client: MotesClient, file: Path, as_json: bool) -> None:
     """Provision every device of a CSV file, or none if any line is bad.
 
-    Header: id,name,tags,metadata,bucket; tags separated by ";", metadata a JSON object.
-    Prints each device with its key, once.
+    Header: id,name,tags,metadata,bucket,expected_interval_seconds (all but id optional);
+    tags separated by ";", metadata a JSON object. Prints each device with its key, once.
     """
     headers = {"Content-Type": "text/csv"}
     answer = client.call(
@@ -254,6 +299,91 @@ def import_devices(client: MotesClient, file: Path, as_json: bool) -> None:
     show(listed(answer, "devices"), IMPORTED_COLUMNS, as_json, answer)
     if not as_json:
         click.echo(f"\n{KEY_NOTE}")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@devices.group("commands")
+def commands() -> None:
+    """Send commands to a device and follow them (queued until the device takes them)."""
+
+
+def _json_value(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", ctx, param) from exc
+
+
+@commands.command("send")
+@click.argument("device_id")
+@click.argument("name")
+@click.option("--params", callback=_json_value, metavar="JSON", help='Any JSON: {"delay": 5}.')
+@click.option(
+    "--timeout",
+    callback=_seconds,
+    metavar="DURATION",
+    help="Expire it if not answered by then (3600, 1h) [default: 24h, at most 30d].",
+)
+@json_option
+@with_client
+def send_command(
+    client: MotesClient,
+    device_id: str,
+    name: str,
+    params: Any,
+    timeout: int | None,
+    as_json: bool,
+) -> None:
+    """Send command NAME to DEVICE_ID."""
+    body = given(name=name, params=params, timeoutSeconds=timeout)
+    answer = client.call("POST", api_path("devices", device_id, "commands"), json=body)
+    show([answer], COMMAND_COLUMNS, as_json, answer)
+
+
+@commands.command("list")
+@click.argument("device_id")
+@click.option(
+    "--state",
+    type=click.Choice(
+        ["queued", "sent", "delivered", "succeeded", "failed", "expired", "canceled"]
+    ),
+    help="Only commands in this state.",
+)
+@click.option("--limit", type=click.IntRange(1, 1000), help="At most this many [default: 100].")
+@click.option("--after", metavar="ID", help="Only commands older than this one (paging).")
+@json_option
+@with_client
+def list_commands(
+    client: MotesClient,
+    device_id: str,
+    state: str | None,
+    limit: int | None,
+    after: str | None,
+    as_json: bool,
+) -> None:
+    """List the commands of DEVICE_ID, newest first."""
+    params = list(given(state=state, limit=limit, after=after).items())
+    answer = client.call("GET", api_path("devices", device_id, "commands"), params=params)
+    show(listed(answer, "commands"), COMMAND_COLUMNS, as_json, answer)
+
+
+@commands.command("cancel")
+@click.argument("device_id")
+@click.argument("command_id")
+@json_option
+@with_client
+def cancel_command(client: MotesClient, device_id: str, command_id: str, as_json: bool) -> None:
+    """Cancel COMMAND_ID of DEVICE_ID, unless the device answered it already."""
+    path = api_path("devices", device_id, "commands", command_id)
+    answer = client.call("DELETE", path)
+    if as_json:
+        echo_json(answer)
+    else:
+        click.echo(f"Command {command_id} of {device_id} canceled.")
 
 
 # -- channels ---------------------------------------------------------------------------------

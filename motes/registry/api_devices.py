@@ -5,6 +5,7 @@ POST /api/v1/devices {"id", "name"?, "metadata"?, "tags"?, "bucket"?}   -> 201 w
 POST /api/v1/devices/bulk (text/csv)                                    -> 201, all or nothing
 GET|PATCH|DELETE /api/v1/devices/{device}
 POST|DELETE /api/v1/devices/{device}/key                                -> rotate / revoke
+GET /api/v1/devices/{device}/status-history?limit=&before=
 GET|POST /api/v1/channels   GET|PATCH|DELETE /api/v1/channels/{channel}
 GET /api/v1/channels/{channel}/devices   PUT|DELETE /api/v1/channels/{channel}/devices/{device}
 POST /api/v1/channels/{channel}/messages[/{subtopic...}]
@@ -17,7 +18,6 @@ import io
 from typing import Any
 
 import orjson
-import pyarrow as pa
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -46,11 +46,14 @@ from motes.registry.schemas import (
     DeviceQuery,
     DeviceUpdate,
     OrgQuery,
+    StatusChangeOut,
+    StatusHistory,
+    StatusHistoryQuery,
     iso,
 )
 from motes.telemetry import codecs
 from motes.telemetry.api import resolve_bucket, resolve_org, write_decoded
-from motes.telemetry.models import DEVICE_TAG, Decoded, format_tagset, parse_tagset
+from motes.telemetry.models import DEVICE_TAG, Decoded
 from motes.telemetry.query_api import latest_json
 
 BULK_LIMIT = 4 * 1024 * 1024
@@ -89,6 +92,12 @@ def device_out(request: Request, org: Org, d: Device) -> dict[str, Any]:
         "attributes_updated_at": iso(d.attributes_updated_ns),
         "last_seen": iso(d.last_seen_ns),
         "created_at": iso(d.created_ns),
+        "expected_interval_seconds": d.expected_interval_seconds,
+        "status": d.status,
+        "status_changed_at": iso(d.status_ns),
+        "connected": d.connected,
+        "last_connect": iso(d.connected_ns),
+        "last_disconnect": iso(d.disconnected_ns),
     }
 
 
@@ -147,6 +156,7 @@ def _spec(request: Request, org: Org, principal: Principal, data: DeviceCreate) 
         tags=tuple(data.tags),
         bucket_id=_bucket_id(request, org, data.bucket),
         permissions=tuple(data.permissions),
+        expected_interval_seconds=data.expected_interval_seconds,
     )
 
 
@@ -169,11 +179,12 @@ async def create_device(request: Request) -> Response:
     return dump(DeviceCreated(**device_out(request, org, device), key=key), 201)
 
 
-BULK_COLUMNS = ("id", "name", "tags", "metadata", "bucket")
+BULK_COLUMNS = ("id", "name", "tags", "metadata", "bucket", "expected_interval_seconds")
 
 
 @operation(
-    "Provision devices from CSV (id,name,tags,metadata,bucket): all or none",
+    "Provision devices from CSV (id,name,tags,metadata,bucket,expected_interval_seconds): "
+    "all or none",
     ["devices"],
     body={"text/csv": {"schema": {"type": "string"}}},
     query=OrgQuery,
@@ -212,12 +223,14 @@ def _parse_csv(request: Request, org: Org, principal: Principal, body: bytes) ->
         line = reader.line_num
         try:
             metadata = orjson.loads(row["metadata"]) if row.get("metadata") else {}
+            interval = _interval(row.get("expected_interval_seconds"))
             data = DeviceCreate(
                 id=row.get("id") or "",
                 name=row.get("name") or "",
                 tags=[t for t in (row.get("tags") or "").split(";") if t],
                 metadata=metadata,
                 bucket=row.get("bucket") or None,
+                expected_interval_seconds=interval,
             )
             specs.append(_spec(request, org, principal, data))
         except (orjson.JSONDecodeError, ValueError, Invalid, NotFound) as exc:
@@ -230,6 +243,15 @@ def _parse_csv(request: Request, org: Org, principal: Principal, body: bytes) ->
     if not specs:
         raise BadRequest("the CSV holds no devices")
     return specs
+
+
+def _interval(text: str | None) -> int | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise Invalid(f'expected_interval_seconds "{text}" is not a whole number of seconds')
+    return int(text)
 
 
 class _BulkInvalid(Invalid):
@@ -303,6 +325,7 @@ async def update_device(request: Request) -> Response:
             bucket_id=_bucket_id(request, org, data.bucket),
             permissions=data.permissions,
             disabled=data.disabled,
+            expected_interval_seconds=data.expected_interval_seconds,
         )
     )
     return dump(DeviceOut(**device_out(request, org, device)))
@@ -354,6 +377,33 @@ async def revoke_key(request: Request) -> Response:
         devices.revoke_key, org.id, request.path_params["device"], actor_of(request, principal)
     )
     return Response(status_code=204)
+
+
+@operation(
+    "A device's status changes (online, stale, offline), newest first",
+    ["devices"],
+    query=StatusHistoryQuery,
+    responses={200: StatusHistory},
+)
+async def status_history(request: Request) -> Response:
+    principal = authenticate(request)
+    org = resolve_org(request, principal)
+    device_id = request.path_params["device"]
+    if not (principal.kind == "device" and principal.id == device_id):
+        need(principal, "read", "devices", device_id)
+    devices = request.app.state.registry.devices
+    await run_in_threadpool(devices.get, org.id, device_id)  # 404 before any 400
+    query = parse_query(request, StatusHistoryQuery)
+    changes = await run_in_threadpool(
+        devices.status_history, org.id, device_id, query.limit, query.before
+    )
+    out = StatusHistory(
+        history=[
+            StatusChangeOut(id=c.id, time=iso(c.at_ns), status=c.status, reason=c.reason)
+            for c in changes
+        ]
+    )
+    return dump(out)
 
 
 # -- channels ---------------------------------------------------------------------------------
@@ -547,16 +597,10 @@ def _decode_message(
     content_type: str, body: bytes, device: str | None, extra: dict[str, str]
 ) -> Decoded:
     decoded = codecs.decode(content_type, body, device=device, measurement=MESSAGES_MEASUREMENT)
-    for frame in decoded.frames:
-        if not codecs.is_line_protocol(content_type):
+    if not codecs.is_line_protocol(content_type):
+        for frame in decoded.frames:
             frame.coerce_numbers = True
-        keys = (
-            frame.tagsets.dictionary_encode()
-            if not pa.types.is_dictionary(frame.tagsets.type)
-            else frame.tagsets
-        )
-        tagged = [format_tagset({**parse_tagset(k), **extra}) for k in keys.dictionary.to_pylist()]
-        frame.tagsets = pa.DictionaryArray.from_arrays(keys.indices, pa.array(tagged, pa.string()))
+    decoded.add_tags(extra)
     return decoded
 
 
@@ -571,6 +615,7 @@ routes = [
     Route(DEVICE, delete_device, methods=["DELETE"]),
     Route(DEVICE + "/key", rotate_key, methods=["POST"]),
     Route(DEVICE + "/key", revoke_key, methods=["DELETE"]),
+    Route(DEVICE + "/status-history", status_history, methods=["GET"]),
     Route("/api/v1/channels", list_channels, methods=["GET"]),
     Route("/api/v1/channels", create_channel, methods=["POST"]),
     Route(CHANNEL, get_channel, methods=["GET"]),

@@ -4,6 +4,8 @@ devices = Devices(engine, cache)
 device, key = devices.create("org1", actor, DeviceSpec("sample", name="Greenhouse 1"))
 principal = devices.authenticate(key)          # kind "device", id "sample"
 devices.record_attributes("org1", "sample", {"fw": "1.2"}, bucket_id)
+devices.set_connected("org1", "sample", True, "connect")   # MQTT; status in status.py
+devices.sweep_status()                                      # every few seconds
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from motes.registry import status
 from motes.registry.common import (
     SYSTEM,
     Actor,
@@ -35,7 +38,14 @@ from motes.registry.models import (
     Principal,
     Unauthorized,
 )
-from motes.registry.tables import channel_devices, channels, device_history, devices
+from motes.registry.status import StatusChange
+from motes.registry.tables import (
+    channel_devices,
+    channels,
+    device_commands,
+    device_history,
+    devices,
+)
 
 KEY_PREFIX = "mdk_"
 MAX_TAGS = 64
@@ -50,6 +60,7 @@ class DeviceSpec:
     tags: tuple[str, ...] = ()
     bucket_id: str | None = None
     permissions: tuple[str, ...] = ()
+    expected_interval_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,24 +79,36 @@ class Device:
     attributes_updated_ns: int | None
     last_seen_ns: int | None
     created_ns: int
+    expected_interval_seconds: int | None = None
+    connected: bool = False
+    connected_ns: int | None = None  # the last MQTT connect
+    disconnected_ns: int | None = None  # the last MQTT disconnect
+    status: str = status.OFFLINE  # online, stale or offline (see status.py)
+    status_ns: int | None = None
 
     @classmethod
     def of(cls, r: Any) -> Device:
         return cls(
-            r.org_id,
-            r.id,
-            r.name,
-            dict(r.metadata),
-            tuple(r.tags),
-            r.bucket_id,
-            tuple(Permission.parse(p) for p in r.permissions),
-            bool(r.disabled),
-            r.key_prefix,
-            r.key_created_ns,
-            dict(r.attributes),
-            r.attributes_updated_ns,
-            r.last_seen_ns,
-            r.created_ns,
+            org_id=r.org_id,
+            id=r.id,
+            name=r.name,
+            metadata=dict(r.metadata),
+            tags=tuple(r.tags),
+            bucket_id=r.bucket_id,
+            permissions=tuple(Permission.parse(p) for p in r.permissions),
+            disabled=bool(r.disabled),
+            key_prefix=r.key_prefix,
+            key_created_ns=r.key_created_ns,
+            attributes=dict(r.attributes),
+            attributes_updated_ns=r.attributes_updated_ns,
+            last_seen_ns=r.last_seen_ns,
+            created_ns=r.created_ns,
+            expected_interval_seconds=r.expected_interval_seconds,
+            connected=bool(r.connected),
+            connected_ns=r.connected_ns,
+            disconnected_ns=r.disconnected_ns,
+            status=r.status,
+            status_ns=r.status_ns,
         )
 
 
@@ -114,6 +137,10 @@ def _check_fields(name: str, metadata: Any, tags: Iterable[str]) -> None:
     for tag in tags:
         if not isinstance(tag, str) or not 0 < len(tag) <= 64:
             raise Invalid(f'invalid tag "{tag}": 1-64 characters')
+
+
+def _now() -> int:
+    return now_ns()  # for methods whose ``now_ns`` parameter hides the function
 
 
 def _device_permissions(perms: Iterable[str]) -> list[str]:
@@ -147,6 +174,7 @@ class Devices:
         for spec in specs:
             check_name("device", spec.id)
             _check_fields(spec.name, spec.metadata, spec.tags)
+            status.check_interval(spec.expected_interval_seconds)
             if spec.id in seen:
                 raise Conflict(f'device "{spec.id}" is listed twice')
             seen.add(spec.id)
@@ -168,6 +196,7 @@ class Devices:
                     "key_created_ns": now,
                     "attributes": {},
                     "created_ns": now,
+                    "expected_interval_seconds": spec.expected_interval_seconds,
                 }
             )
         with self.engine.begin() as conn:
@@ -177,7 +206,7 @@ class Devices:
                 )
             ).all()
             # a device that registered itself by sending data, without a key, is provisioned
-            # in place; one that already has a key is a conflict
+            # in place (keeping its data and status); one that already has a key is a conflict
             keyed = sorted(r.id for r in taken if r.key_hash is not None)
             if keyed:
                 raise Conflict(f'device "{keyed[0]}" already exists')
@@ -190,6 +219,10 @@ class Devices:
                         .where(devices.c.org_id == org_id, devices.c.id == row["id"])
                         .values(**values)
                     )
+                    if row["expected_interval_seconds"] is not None:
+                        last = self._seen.get((org_id, str(row["id"])))
+                        reason = status.INTERVAL_CHANGED
+                        status.refresh(conn, org_id, str(row["id"]), last, now_ns(), reason)
                 else:
                     conn.execute(devices.insert().values(**row))
                 audit(conn, actor, org_id, "device.create", f"device:{row['id']}")
@@ -243,8 +276,13 @@ class Devices:
         return [self._fresh(d) for d in found[offset : offset + limit]], len(found)
 
     def update(self, org_id: str, device_id: str, actor: Actor, **changes: Any) -> Device:
+        """Change the fields given (None: unchanged); ``expected_interval_seconds=0`` clears
+        the interval."""
         current = self.get(org_id, device_id)
         values = {k: v for k, v in changes.items() if v is not None}
+        if "expected_interval_seconds" in values:
+            interval = values["expected_interval_seconds"] or None  # 0: none
+            values["expected_interval_seconds"] = status.check_interval(interval)
         _check_fields(
             values.get("name", current.name),
             values.get("metadata", current.metadata),
@@ -269,6 +307,9 @@ class Devices:
                     f"device:{device_id}",
                     changed=sorted(values),
                 )
+                if "expected_interval_seconds" in values:
+                    seen = self._seen.get((org_id, device_id))
+                    status.refresh(conn, org_id, device_id, seen, now_ns(), status.INTERVAL_CHANGED)
             self._cache.clear()
         return self.get(org_id, device_id)
 
@@ -289,6 +330,12 @@ class Devices:
                     device_history.c.org_id == org_id, device_history.c.device == device_id
                 )
             )
+            conn.execute(
+                device_commands.delete().where(
+                    device_commands.c.org_id == org_id, device_commands.c.device_id == device_id
+                )
+            )
+            status.forget_device(conn, org_id, device_id)
             audit(conn, actor, org_id, "device.delete", f"device:{device_id}")
         with self._lock:
             self._known.discard((org_id, device_id))
@@ -444,6 +491,41 @@ class Devices:
         for key, seen in pending:
             if self._seen.get(key) == seen:
                 self._seen.pop(key, None)
+
+    # -- online status (rules in status.py) -------------------------------------------
+
+    def set_connected(
+        self,
+        org_id: str,
+        device_id: str,
+        connected: bool,
+        reason: str,
+        at_ns: int | None = None,
+    ) -> None:
+        """Note an MQTT connect or disconnect ("connect", "disconnect", "last-will",
+        "keep-alive timeout"); an unknown device is ignored. A connect counts as traffic."""
+        at = now_ns() if at_ns is None else at_ns
+        key = (org_id, device_id)
+        with self.engine.begin() as conn:
+            known = status.set_connected(
+                conn, org_id, device_id, connected, reason, at, self._seen.get(key)
+            )
+        if known and connected and at > self._seen.get(key, 0):
+            self._seen[key] = at
+
+    def sweep_status(self, now_ns: int | None = None) -> int:
+        """Move devices to stale, offline or back online as their data stops or resumes;
+        returns how many changed. The app calls it every 2 seconds."""
+        seen = dict(self._seen)  # the latest traffic, also what flush_seen has yet to write
+        with self.engine.begin() as conn:
+            return status.sweep(conn, seen, _now() if now_ns is None else now_ns)
+
+    def status_history(
+        self, org_id: str, device_id: str, limit: int = 100, before: int | None = None
+    ) -> list[StatusChange]:
+        """A device's status changes, newest first; ``before`` (an entry id) pages back."""
+        with self.engine.connect() as conn:
+            return status.history(conn, org_id, device_id, limit, before)
 
     def history(self, org_id: str, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

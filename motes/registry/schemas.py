@@ -9,11 +9,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, RootModel
 
 from motes.apispec import ApiModel
 
 Role = Literal["viewer", "member", "admin", "owner"]
+DeviceStatus = Literal["online", "stale", "offline"]
+CommandState = Literal["queued", "sent", "delivered", "succeeded", "failed", "expired", "canceled"]
+#: a command's name: like other names, but at most 128 characters (an MQTT topic level)
+COMMAND_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MAX_INTERVAL_SECONDS = 365 * 86400
+MAX_COMMAND_SECONDS = 30 * 86400
 Email = str
 Password = str
 
@@ -162,6 +168,13 @@ class DeviceCreate(ApiModel):
     tags: list[str] = Field(default_factory=list, max_length=64)
     bucket: str | None = Field(None, description="bucket name; default: the org's first bucket")
     permissions: list[str] = Field(default_factory=list, description="read permissions only")
+    expected_interval_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_INTERVAL_SECONDS,
+        description="how often the device sends data; without data for longer it is offline "
+        "(stale while connected over MQTT)",
+    )
 
 
 class DeviceUpdate(ApiModel):
@@ -171,6 +184,9 @@ class DeviceUpdate(ApiModel):
     bucket: str | None = None
     permissions: list[str] | None = None
     disabled: bool | None = None
+    expected_interval_seconds: int | None = Field(
+        None, ge=0, le=MAX_INTERVAL_SECONDS, description="seconds; 0 removes the interval"
+    )
 
 
 class AttributeChange(ApiModel):
@@ -192,6 +208,12 @@ class DeviceOut(ApiModel):
     attributes_updated_at: str | None
     last_seen: str | None
     created_at: str | None
+    expected_interval_seconds: int | None
+    status: DeviceStatus
+    status_changed_at: str | None
+    connected: bool = Field(description="an MQTT connection is open")
+    last_connect: str | None
+    last_disconnect: str | None
 
 
 class DeviceDetail(DeviceOut):
@@ -229,6 +251,80 @@ class DeviceQuery(OrgQuery):
     tag: list[str] = Field(default_factory=list)
     limit: int = Field(100, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=10_000_000)
+
+
+class StatusChangeOut(ApiModel):
+    id: int
+    time: str | None
+    status: DeviceStatus
+    reason: str
+
+
+class StatusHistory(ApiModel):
+    history: list[StatusChangeOut]
+
+
+class StatusHistoryQuery(OrgQuery):
+    limit: int = Field(100, ge=1, le=1000)
+    before: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="entries with a smaller id (paging)"
+    )
+
+
+class CommandCreate(ApiModel):
+    name: str = Field(min_length=1, max_length=128, pattern=COMMAND_NAME_PATTERN)
+    params: Any = Field(default_factory=dict, description="any JSON, at most 64 KiB")
+    timeout_seconds: int = Field(
+        86400,
+        ge=1,
+        le=MAX_COMMAND_SECONDS,
+        description="the command expires if the device has not answered by then",
+    )
+
+
+class CommandOut(ApiModel):
+    id: str
+    device_id: str
+    name: str
+    params: Any
+    state: CommandState
+    created_at: str | None
+    created_by: str
+    expires_at: str | None
+    sent_at: str | None
+    delivered_at: str | None
+    completed_at: str | None
+    attempts: int = Field(description="how often it was published to the device")
+    response: Any = Field(description="the device's result")
+    error: str | None
+
+
+class CommandList(ApiModel):
+    commands: list[CommandOut]
+
+
+class PendingCommands(RootModel[list[CommandOut]]):
+    """The commands handed to the device (now delivered), oldest first; [] when none came."""
+
+
+class CommandQuery(OrgQuery):
+    state: CommandState | None = None
+    limit: int = Field(100, ge=1, le=1000)
+    after: str | None = Field(
+        None, max_length=32, description="a command id: the commands older than it (paging)"
+    )
+
+
+class PendingQuery(OrgQuery):
+    wait: int = Field(
+        0, ge=0, le=60, description="seconds to wait for a command when none is pending"
+    )
+
+
+class CommandAnswer(ApiModel):
+    status: Literal["succeeded", "failed"]
+    result: Any = Field(None, description="any JSON, at most 64 KiB")
+    error: str | None = Field(None, max_length=4096)
 
 
 class ChannelCreate(ApiModel):

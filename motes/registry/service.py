@@ -4,6 +4,7 @@ registry = Registry.open("sqlite:///motes-data/registry.sqlite", master_key=key)
 token = registry.bootstrap("main", "telemetry", None)   # printed once if generated
 principal = registry.authenticate("token", token)
 registry.devices.create(...); registry.users.add(...); registry.tokens.create(...)
+registry.commands.create(...)                            # commands for devices
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from motes.registry import migrations
+from motes.registry.commands import Commands
 from motes.registry.common import (
     SYSTEM,
     Actor,
@@ -87,6 +89,7 @@ class Registry:
             engine, self.credentials, derive(master, "jwt"), access_seconds, refresh_seconds
         )
         self.devices = Devices(engine, self.credentials)
+        self.commands = Commands(engine)
         self.secrets = Secrets(engine, SecretBox(derive(master, "secrets")))
         self._schema_cache: dict[tuple[str, str], MeasurementSchema | None] = {}
         # orgs and buckets are read on every request and change rarely; this process is

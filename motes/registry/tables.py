@@ -144,6 +144,13 @@ devices = sa.Table(
     sa.Column("attributes_updated_ns", sa.BigInteger),
     sa.Column("last_seen_ns", sa.BigInteger),
     sa.Column("created_ns", sa.BigInteger, nullable=False),
+    # online status (motes/registry/status.py): kept here so every process sees one answer
+    sa.Column("expected_interval_seconds", sa.Integer),
+    sa.Column("connected", sa.Boolean, nullable=False, default=False),
+    sa.Column("connected_ns", sa.BigInteger),
+    sa.Column("disconnected_ns", sa.BigInteger),
+    sa.Column("status", sa.String(16), nullable=False, default="offline"),
+    sa.Column("status_ns", sa.BigInteger),
 )
 
 device_history = sa.Table(
@@ -155,6 +162,43 @@ device_history = sa.Table(
     sa.Column("time_ns", sa.BigInteger, nullable=False),
     sa.Column("attributes", sa.JSON, nullable=False),
     sa.Index("ix_device_history", "org_id", "device", "time_ns"),
+)
+
+# every change of a device's status (online, offline, stale) and why
+device_status_history = sa.Table(
+    "device_status_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("org_id", sa.String(32), nullable=False),
+    sa.Column("device_id", sa.String(256), nullable=False),
+    sa.Column("at_ns", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(128), nullable=False),
+    sa.Index("ix_device_status_history", "org_id", "device_id", "at_ns"),
+)
+
+# commands sent to devices (persistent RPC); motes/registry/commands.py has the state machine
+device_commands = sa.Table(
+    "device_commands",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("org_id", sa.String(32), nullable=False),
+    sa.Column("device_id", sa.String(256), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(320), nullable=False),
+    sa.Column("expires_ns", sa.BigInteger, nullable=False),
+    sa.Column("sent_ns", sa.BigInteger),
+    sa.Column("delivered_ns", sa.BigInteger),
+    sa.Column("completed_ns", sa.BigInteger),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("response", sa.JSON),
+    sa.Column("error", sa.Text),
+    sa.Index("ix_device_commands", "org_id", "device_id", "state", "created_ns"),
+    # the expiry sweep looks for open commands past their time, across orgs
+    sa.Index("ix_device_commands_due", "state", "expires_ns"),
 )
 
 channels = sa.Table(

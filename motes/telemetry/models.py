@@ -174,6 +174,21 @@ class Decoded:
     def point_count(self) -> int:
         return sum(f.point_count for f in self.frames)
 
+    def add_tags(self, extra: Mapping[str, str]) -> None:
+        """Give every point these tags too (channel messages: channel, publisher, subtopic)."""
+        for frame in self.frames:
+            keys = (
+                frame.tagsets
+                if pa.types.is_dictionary(frame.tagsets.type)
+                else frame.tagsets.dictionary_encode()
+            )
+            tagged = [
+                format_tagset({**parse_tagset(k), **extra}) for k in keys.dictionary.to_pylist()
+            ]
+            frame.tagsets = pa.DictionaryArray.from_arrays(
+                keys.indices, pa.array(tagged, pa.string())
+            )
+
 
 # -- errors -----------------------------------------------------------------------------------
 

@@ -1,0 +1,207 @@
+"""MQTT publishes into the telemetry pipeline, batched per event-loop turn.
+
+    ingest = Ingest(telemetry)
+    outcome = await ingest.submit(bucket, "d1", payload, "text/plain", extra_tags=None)
+
+Everything submitted during one turn of the event loop is decoded together (one decode per
+device and format for line protocol, whose payloads concatenate) and handed to the
+group-commit writer as one write per bucket; each submitter's future resolves once that
+write is durable. A full write queue does not drop anything: the batch waits and retries,
+and the connections, whose acknowledgements wait with it, stop being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from motes.registry.models import Bucket
+from motes.telemetry import codecs
+from motes.telemetry.models import Decoded, Overloaded, PointError, TelemetryError
+from motes.telemetry.service import TelemetryService
+from motes.telemetry.store.protocol import WriteOutcome
+
+log = logging.getLogger("motes.mqtt")
+
+# in-loop decoding keeps small messages cheap; a turn with more bytes than this decodes in
+# a worker thread so one big batch does not stall every other connection
+INLINE_DECODE_BYTES = 256 * 1024
+
+
+@dataclass
+class Outcome:
+    written: int
+    errors: list[PointError]
+    attributes: dict[str, object] | None = None
+    failure: str | None = None  # nothing stored: the store failed
+
+    @property
+    def rejected(self) -> bool:
+        return self.failure is not None or (not self.written and bool(self.errors))
+
+
+@dataclass
+class _Item:
+    device: str | None
+    payload: bytes
+    content_type: str
+    extra: dict[str, str] | None
+    measurement: str
+    future: asyncio.Future[Outcome]
+    decoded: Decoded | None = None
+
+
+@dataclass
+class _Batch:
+    bucket: Bucket
+    items: list[_Item] = field(default_factory=list)
+
+
+class Ingest:
+    def __init__(self, telemetry: TelemetryService, retry_seconds: float = 0.05) -> None:
+        self._telemetry = telemetry
+        self._pending: dict[str, _Batch] = {}
+        self._scheduled = False
+        self._retry = retry_seconds
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def submit(
+        self,
+        bucket: Bucket,
+        device: str | None,
+        payload: bytes,
+        content_type: str,
+        extra: dict[str, str] | None = None,
+        measurement: str = "telemetry",
+    ) -> asyncio.Future[Outcome]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        batch = self._pending.get(bucket.id)
+        if batch is None:
+            batch = self._pending[bucket.id] = _Batch(bucket)
+        batch.items.append(_Item(device, payload, content_type, extra, measurement, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        size = sum(len(i.payload) for b in pending.values() for i in b.items)
+        if size > INLINE_DECODE_BYTES:
+            task = asyncio.ensure_future(self._decode_in_thread(list(pending.values())))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        for batch in pending.values():
+            self._decode(batch)
+            self._write(batch)
+
+    async def _decode_in_thread(self, batches: list[_Batch]) -> None:
+        def decode_all() -> None:
+            for batch in batches:
+                self._decode(batch)
+
+        await asyncio.to_thread(decode_all)
+        for batch in batches:
+            self._write(batch)
+
+    # -- decode ---------------------------------------------------------------------------
+
+    def _decode(self, batch: _Batch) -> None:
+        groups: dict[tuple[str | None, str, str], list[_Item]] = {}
+        for item in batch.items:
+            if codecs.is_line_protocol(item.content_type) and item.extra is None:
+                groups.setdefault((item.device, item.content_type, item.measurement), []).append(
+                    item
+                )
+            else:
+                item.decoded = _decode_one(item)
+        for (device, content_type, measurement), items in groups.items():
+            if len(items) == 1:
+                items[0].decoded = _decode_one(items[0])
+                continue
+            joined = b"\n".join(i.payload for i in items)
+            try:
+                decoded = codecs.decode(
+                    content_type, joined, device=device, measurement=measurement
+                )
+            except Exception:
+                decoded = Decoded(errors=[PointError(None, "undecodable")])
+            if decoded.errors:  # attribute every error to its own message
+                for item in items:
+                    item.decoded = _decode_one(item)
+            else:
+                items[0].decoded = decoded
+                for item in items[1:]:
+                    item.decoded = Decoded()
+
+    # -- write ----------------------------------------------------------------------------
+
+    def _write(self, batch: _Batch) -> None:
+        frames = [f for i in batch.items if i.decoded for f in i.decoded.frames]
+        if not frames:
+            self._resolve(batch, None, None)
+            return
+        try:
+            pending = self._telemetry.submit(batch.bucket, Decoded(frames=frames))
+        except Overloaded:
+            asyncio.get_running_loop().call_later(self._retry, self._write, batch)
+            return
+        except TelemetryError as exc:
+            self._resolve(batch, None, str(exc))
+            return
+        if pending.future is None:
+            self._resolve(batch, None, None, pending.errors)
+            return
+        wrapped = asyncio.wrap_future(pending.future)
+        wrapped.add_done_callback(lambda f: self._written(batch, f, pending.errors))
+
+    def _written(
+        self, batch: _Batch, future: asyncio.Future[WriteOutcome], errors: list[PointError]
+    ) -> None:
+        exc = future.exception()
+        if exc is not None:
+            log.error("MQTT telemetry write failed: %s", exc)
+            self._resolve(batch, None, f"the store failed: {exc}")
+            return
+        outcome = future.result()
+        self._resolve(batch, outcome, None, errors + outcome.errors)
+
+    def _resolve(
+        self,
+        batch: _Batch,
+        outcome: WriteOutcome | None,
+        failure: str | None,
+        batch_errors: list[PointError] | None = None,
+    ) -> None:
+        shared = batch_errors or []
+        for n, item in enumerate(batch.items):
+            if item.future.done():
+                continue
+            decoded = item.decoded or Decoded()
+            points = decoded.point_count
+            errors = list(decoded.errors) + (shared if n == 0 else [])
+            item.future.set_result(
+                Outcome(points if failure is None else 0, errors, decoded.attributes, failure)
+            )
+
+
+def _decode_one(item: _Item) -> Decoded:
+    try:
+        decoded = codecs.decode(
+            item.content_type, item.payload, device=item.device, measurement=item.measurement
+        )
+    except codecs.UnsupportedMediaType as exc:
+        return Decoded(errors=[PointError(None, str(exc))])
+    except Exception as exc:  # a codec bug must not take the connection down
+        log.exception("decoding an MQTT payload failed")
+        return Decoded(errors=[PointError(None, f"payload could not be decoded: {exc}")])
+    if not codecs.is_line_protocol(item.content_type):
+        for frame in decoded.frames:
+            frame.coerce_numbers = True
+    if item.extra:
+        decoded.add_tags(item.extra)
+    return decoded

@@ -1,0 +1,503 @@
+"""Motes behind the broker: credentials, topic ACLs, stored topics, status and commands.
+
+Topics, inside each org's own topic space (docs/mqtt.md)::
+
+    devices/{device}/telemetry[/{format}]     stored (same codecs as HTTP), then acked
+    devices/{device}/attributes               deviceinfo-style record update, then acked
+    devices/{device}/commands/{id}            downlink: the platform publishes commands
+    devices/{device}/commands/{id}/response   the device answers; the command completes
+    devices/{device}/...                      anything else: plain pub/sub
+    channels/{channel}/messages[/{subtopic}]  stored in the channel's bucket, then routed
+    $SYS/broker/...                           statistics (operator only)
+
+A device (user name = device id, password = its key) may touch only its own
+``devices/{id}/...`` topics and the channels it is connected to; API tokens and user JWTs
+act by their permissions in their org.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from motes.mqtt import packets as pk
+from motes.mqtt.broker import Broker
+from motes.mqtt.ingest import Ingest, Outcome
+from motes.mqtt.models import Identity, Message, Refused, Session
+from motes.mqtt.topics import matches
+from motes.registry.models import (
+    Bucket,
+    Forbidden,
+    NotFound,
+    Principal,
+    RegistryError,
+    Unauthorized,
+)
+from motes.registry.service import Registry
+
+log = logging.getLogger("motes.mqtt")
+
+FORMATS = {
+    "lp": "text/plain",
+    "json": "application/json",
+    "msgpack": "application/msgpack",
+    "senml": "application/senml+json",
+    "senml+json": "application/senml+json",
+    "senml+cbor": "application/senml+cbor",
+    "cbor": "application/senml+cbor",
+}
+CHANNEL_CACHE_SECONDS = 5.0
+MESSAGES_MEASUREMENT = "messages"
+
+
+@dataclass
+class Client:
+    """What the platform keeps of a connected client (``Identity.context``)."""
+
+    principal: Principal
+    bucket: Bucket | None  # a device's own bucket
+    channels: dict[str, tuple[bool, float]] = field(default_factory=dict)  # channel -> ok, until
+    pushed: set[str] = field(default_factory=set)  # command ids sent on this session
+
+
+@dataclass
+class Rejection:
+    at_ns: int
+    org_id: str
+    device: str | None
+    topic: str
+    error: str
+
+
+class MotesHooks:
+    def __init__(self, registry: Registry, ingest: Ingest, default_bucket: str) -> None:
+        self.registry = registry
+        self.ingest = ingest
+        self.default_bucket = default_bucket
+        self.broker: Broker | None = None
+        self.rejections: deque[Rejection] = deque(maxlen=10_000)
+        self.on_rejection: Callable[[Rejection], None] | None = None
+        # status and command bookkeeping in order, off the event loop
+        self._ordered = ThreadPoolExecutor(1, thread_name_prefix="motes-mqtt-status")
+
+    def close(self) -> None:
+        self._ordered.shutdown(wait=True)
+
+    # -- CONNECT --------------------------------------------------------------------------
+
+    async def authenticate(self, connect: pk.Connect, remote: str) -> Identity:
+        if not connect.password:
+            raise Refused(
+                pk.BAD_USER_NAME_OR_PASSWORD,
+                "a device key (user name = device id) or an API token is required as password",
+            )
+        secret = connect.password.decode(errors="replace")
+        scheme = "bearer" if secret.startswith("eyJ") else "token"
+        try:
+            principal = await asyncio.to_thread(self.registry.authenticate, scheme, secret)
+        except (Unauthorized, Forbidden) as exc:
+            raise Refused(pk.BAD_USER_NAME_OR_PASSWORD, str(exc)) from None
+        if principal.kind == "device" and connect.username not in (None, "", principal.id):
+            raise Refused(pk.BAD_USER_NAME_OR_PASSWORD, "the user name must be the device id")
+        bucket = None
+        if principal.kind == "device":
+            bucket = await asyncio.to_thread(self._bucket, principal.org_id, principal.bucket_id)
+        label = f"{principal.kind} {principal.label or principal.id}"
+        device = principal.id if principal.kind == "device" else None
+        return Identity(principal.org_id, label, device, Client(principal, bucket))
+
+    def _bucket(self, org_id: str, name: str | None) -> Bucket:
+        return self.registry.find_bucket(org_id, name or self.default_bucket)
+
+    # -- ACLs -----------------------------------------------------------------------------
+
+    def may_publish(self, identity: Identity, topic: str) -> bool | Awaitable[bool]:
+        client: Client = identity.context
+        parts = topic.split("/")
+        if len(parts) >= 3 and parts[0] == "devices":
+            # only answers go up; commands come from the platform
+            if parts[2] == "commands" and (len(parts) != 5 or parts[4] != "response"):
+                return False
+            if identity.device is not None:
+                return parts[1] == identity.device
+            return client.principal.allows("write", "devices", parts[1])
+        if len(parts) >= 3 and parts[0] == "channels" and parts[2] == "messages":
+            return self._channel_allowed(identity, parts[1], "write")
+        return False
+
+    def may_subscribe(self, identity: Identity, topic_filter: str) -> bool | Awaitable[bool]:
+        client: Client = identity.context
+        principal = client.principal
+        parts = topic_filter.split("/")
+        first = parts[0]
+        if first == "$SYS":
+            return principal.operator
+        second = parts[1] if len(parts) > 1 else "#"
+        concrete = second not in ("+", "#")
+        if identity.device is not None:
+            if first == "devices":
+                return second == identity.device
+            if first == "channels" and concrete:
+                return self._channel_allowed(identity, second, "read")
+            return False
+        reach = {
+            "devices": ("devices",),
+            "channels": ("channels",),
+            "+": ("devices", "channels"),
+            "#": ("devices", "channels"),
+        }.get(first)
+        if reach is None:
+            return False
+        ident = second if concrete else None
+        for kind in reach:
+            if not principal.allows("read", kind, ident):
+                return False
+            if kind == "devices" and not principal.allows("read", "buckets"):
+                return False  # device topics carry telemetry: the org's data
+        return True
+
+    def _channel_allowed(
+        self, identity: Identity, channel: str, action: str
+    ) -> bool | Awaitable[bool]:
+        client: Client = identity.context
+        if identity.device is None:
+            return client.principal.allows(action, "channels", channel)  # type: ignore[arg-type]
+        hit = client.channels.get(channel)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        return self._check_channel(identity, channel)
+
+    async def _check_channel(self, identity: Identity, channel: str) -> bool:
+        client: Client = identity.context
+        try:
+            await asyncio.to_thread(
+                self.registry.devices.check_connected,
+                identity.mount,
+                channel,
+                identity.device or "",
+            )
+            ok = True
+        except (Forbidden, NotFound):
+            ok = False
+        client.channels[channel] = (ok, time.monotonic() + CHANNEL_CACHE_SECONDS)
+        return ok
+
+    # -- stored topics --------------------------------------------------------------------
+
+    def on_publish(
+        self, identity: Identity, publish: pk.Publish
+    ) -> Awaitable[tuple[int, str | None]] | None:
+        parts = publish.topic.split("/")
+        if parts[0] == "devices":
+            kind = parts[2]
+            if kind == "telemetry" and len(parts) <= 4:
+                return self._telemetry(identity, parts[1], parts[3:], publish)
+            if kind == "attributes" and len(parts) == 3:
+                return self._task(self._attributes(identity, parts[1], publish))
+            if kind == "commands":
+                return self._task(self._response(identity, parts[1], parts[3], publish))
+            return None
+        if parts[0] == "channels":
+            return self._task(self._channel_message(identity, parts[1], parts[3:], publish))
+        return None
+
+    def _task(self, coro: Any) -> asyncio.Future[tuple[int, str | None]]:
+        assert self.broker is not None
+        task: asyncio.Future[tuple[int, str | None]] = self.broker.spawn(coro)
+        return task
+
+    def _content_type(self, publish: pk.Publish, suffix: list[str]) -> str | None:
+        if suffix:
+            return FORMATS.get(suffix[0])
+        given = publish.properties.get(pk.CONTENT_TYPE) if publish.properties else None
+        if given:
+            return str(given)
+        head = publish.payload[:1]
+        if head in (b"{", b"["):
+            sample = publish.payload[:256]
+            if head == b"[" and (b'"n"' in sample or b'"bn"' in sample):
+                return "application/senml+json"
+            return "application/json"
+        return "text/plain"
+
+    def _telemetry(
+        self, identity: Identity, device: str, suffix: list[str], publish: pk.Publish
+    ) -> Awaitable[tuple[int, str | None]]:
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[tuple[int, str | None]] = loop.create_future()
+        content_type = self._content_type(publish, suffix)
+        if content_type is None:
+            text = f"unknown format {suffix[0]!r}: use one of {', '.join(FORMATS)}"
+            self.reject(identity, device, publish.topic, text)
+            result.set_result((pk.TOPIC_NAME_INVALID, text))
+            return result
+        client: Client = identity.context
+        bucket = client.bucket
+        if bucket is None:  # a token writes for a device: into the org's default bucket
+            return self._task(self._telemetry_for(identity, device, content_type, publish))
+        stored = self.ingest.submit(bucket, device, publish.payload, content_type)
+        stored.add_done_callback(
+            lambda f: self._telemetry_done(identity, device, bucket, publish.topic, f, result)
+        )
+        return result
+
+    async def _telemetry_for(
+        self, identity: Identity, device: str, content_type: str, publish: pk.Publish
+    ) -> tuple[int, str | None]:
+        client: Client = identity.context
+        bucket = await asyncio.to_thread(self._bucket, identity.mount, None)
+        if not client.principal.allows("write", "buckets", bucket.id):
+            text = f'may not write bucket "{bucket.name}"'
+            self.reject(identity, device, publish.topic, text)
+            return pk.NOT_AUTHORIZED, text
+        outcome = await self.ingest.submit(bucket, device, publish.payload, content_type)
+        return await self._settle(identity, device, bucket, publish.topic, outcome)
+
+    def _telemetry_done(
+        self,
+        identity: Identity,
+        device: str,
+        bucket: Bucket,
+        topic: str,
+        stored: asyncio.Future[Outcome],
+        result: asyncio.Future[tuple[int, str | None]],
+    ) -> None:
+        outcome = stored.result()
+        devices = self.registry.devices
+        if (
+            outcome.attributes is None
+            and not outcome.rejected
+            and devices.known(identity.mount, device)
+        ):
+            devices.touch(identity.mount, device, bucket.id)  # the common case: no thread hop
+            if outcome.errors:
+                self._report(identity, device, topic, outcome)
+            result.set_result((0, None))
+            return
+        task = self._task(self._settle(identity, device, bucket, topic, outcome))
+        task.add_done_callback(lambda t: _chain(t, result))
+
+    async def _settle(
+        self, identity: Identity, device: str, bucket: Bucket, topic: str, outcome: Outcome
+    ) -> tuple[int, str | None]:
+        """The answer for a stored telemetry publish; the device record follows the data."""
+        if outcome.failure is not None:
+            return pk.UNSPECIFIED_ERROR, outcome.failure
+        devices = self.registry.devices
+        if outcome.errors:
+            self._report(identity, device, topic, outcome)
+        if outcome.written or not outcome.errors:
+            if outcome.attributes is not None:
+                await asyncio.to_thread(
+                    devices.record_attributes, identity.mount, device, outcome.attributes, bucket.id
+                )
+            else:
+                await asyncio.to_thread(devices.touch, identity.mount, device, bucket.id)
+        if outcome.rejected:
+            return pk.PAYLOAD_FORMAT_INVALID, _summary(outcome)
+        return 0, None
+
+    def _report(self, identity: Identity, device: str, topic: str, outcome: Outcome) -> None:
+        self.reject(identity, device, topic, _summary(outcome))
+
+    async def _attributes(
+        self, identity: Identity, device: str, publish: pk.Publish
+    ) -> tuple[int, str | None]:
+        try:
+            attributes = orjson.loads(publish.payload)
+            if not isinstance(attributes, dict):
+                raise ValueError("must be a JSON object")
+        except ValueError as exc:
+            text = f"attributes payload is not a JSON object: {exc}"
+            self.reject(identity, device, publish.topic, text)
+            return pk.PAYLOAD_FORMAT_INVALID, text
+        client: Client = identity.context
+        bucket = client.bucket
+        if bucket is None:
+            bucket = await asyncio.to_thread(self._bucket, identity.mount, None)
+        await asyncio.to_thread(
+            self.registry.devices.record_attributes, identity.mount, device, attributes, bucket.id
+        )
+        return 0, None
+
+    async def _response(
+        self, identity: Identity, device: str, command_id: str, publish: pk.Publish
+    ) -> tuple[int, str | None]:
+        try:
+            body = orjson.loads(publish.payload)
+            status = body.get("status") if isinstance(body, dict) else None
+            if status not in ("succeeded", "failed"):
+                raise ValueError('needs "status": "succeeded" or "failed"')
+        except ValueError as exc:
+            text = f"command response: {exc}"
+            self.reject(identity, device, publish.topic, text)
+            return pk.PAYLOAD_FORMAT_INVALID, text
+        commands = getattr(self.registry, "commands", None)
+        if commands is None:
+            return pk.IMPLEMENTATION_SPECIFIC_ERROR, "commands are not available"
+        try:
+            await asyncio.to_thread(
+                commands.complete, identity.mount, device, command_id, status == "succeeded",
+                body.get("result"), body.get("error"),
+            )  # fmt: skip
+        except NotFound as exc:
+            self.reject(identity, device, publish.topic, str(exc))
+            return pk.TOPIC_NAME_INVALID, str(exc)
+        except RegistryError as exc:
+            self.reject(identity, device, publish.topic, str(exc))
+            return pk.IMPLEMENTATION_SPECIFIC_ERROR, str(exc)
+        return 0, None
+
+    async def _channel_message(
+        self, identity: Identity, channel_id: str, subtopic: list[str], publish: pk.Publish
+    ) -> tuple[int, str | None]:
+        client: Client = identity.context
+        try:
+            channel = await asyncio.to_thread(
+                self.registry.devices.channel, identity.mount, channel_id
+            )
+            bucket = await asyncio.to_thread(self._bucket, identity.mount, channel.bucket_id)
+        except NotFound as exc:
+            self.reject(identity, identity.device, publish.topic, str(exc))
+            return pk.TOPIC_NAME_INVALID, str(exc)
+        extra = {"channel": channel_id, "publisher": client.principal.actor}
+        if subtopic:
+            extra["subtopic"] = ".".join(subtopic)
+        content_type = self._content_type(publish, []) or "application/senml+json"
+        outcome = await self.ingest.submit(
+            bucket, identity.device, publish.payload, content_type, extra, MESSAGES_MEASUREMENT
+        )
+        if outcome.failure is not None:
+            return pk.UNSPECIFIED_ERROR, outcome.failure
+        if outcome.errors:
+            self.reject(identity, identity.device, publish.topic, _summary(outcome))
+        return (pk.PAYLOAD_FORMAT_INVALID, _summary(outcome)) if outcome.rejected else (0, None)
+
+    # -- refusals, kept where the owner sees them -----------------------------------------
+
+    def reject(self, identity: Identity, device: str | None, topic: str, error: str) -> None:
+        item = Rejection(time.time_ns(), identity.mount, device or identity.device, topic, error)
+        self.rejections.append(item)
+        if self.on_rejection is not None:
+            self.on_rejection(item)
+
+    def on_denied(self, identity: Identity, topic: str, reason: str) -> None:
+        self.reject(identity, identity.device, topic, reason)
+
+    # -- connections, status and commands -------------------------------------------------
+
+    def on_connected(self, session: Session) -> None:
+        device = session.identity.device
+        if device is None:
+            return
+        self._in_order(self._set_connected, session.identity.mount, device, True, "connect")
+        if any(_covers_commands(s.filter, device) for s in session.subscriptions.values()):
+            self._push_pending(session)
+
+    def on_subscribed(self, session: Session, filters: list[str]) -> None:
+        device = session.identity.device
+        if device is not None and any(_covers_commands(f, device) for f in filters):
+            self._push_pending(session)
+
+    def on_disconnected(self, session: Session, reason: str, will: bool) -> None:
+        device = session.identity.device
+        if device is not None:
+            why = "last-will" if will else reason
+            self._in_order(self._set_connected, session.identity.mount, device, False, why)
+
+    def _set_connected(self, org_id: str, device: str, connected: bool, reason: str) -> None:
+        setter = getattr(self.registry.devices, "set_connected", None)
+        if setter is not None:
+            setter(org_id, device, connected, reason)
+
+    def _in_order(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._ordered, fn, *args)
+        future.add_done_callback(_log_failure)
+        return future
+
+    def _push_pending(self, session: Session) -> None:
+        commands = getattr(self.registry, "commands", None)
+        if commands is None:
+            return
+        future = self._in_order(commands.pending, session.identity.mount, session.identity.device)
+        future.add_done_callback(
+            lambda f: [self.push_command(c) for c in f.result()] if not f.exception() else None
+        )
+
+    def push_command(self, command: Any) -> bool:
+        """Publish a command to its device's topic if the device listens; marks it sent."""
+        broker = self.broker
+        if broker is None:
+            return False
+        topic = f"devices/{command.device_id}/commands/{command.id}"
+        payload = orjson.dumps(
+            {
+                "id": command.id,
+                "name": command.name,
+                "params": command.params,
+                "expiresAt": _rfc3339(command.expires_ns),
+            }
+        )
+        left = max(1, (command.expires_ns - time.time_ns()) // 1_000_000_000)
+        props = {
+            pk.MESSAGE_EXPIRY: left,
+            pk.CONTENT_TYPE: "application/json",
+            pk.RESPONSE_TOPIC: topic + "/response",
+            pk.CORRELATION_DATA: command.id.encode(),
+        }
+        commands = self.registry.commands
+        org_id = command.org_id
+
+        def delivered() -> None:
+            self._in_order(commands.mark_delivered, org_id, command.id)
+
+        message = Message(topic, payload, 1, False, props, time.monotonic() + left, None, delivered)
+        sent = broker.publish(org_id, message)
+        if sent:
+            self._in_order(commands.mark_sent, org_id, command.id)
+        return sent > 0
+
+    def command_created(self, command: Any, loop: asyncio.AbstractEventLoop) -> None:
+        """``registry.commands.listen`` callback (any thread)."""
+        loop.call_soon_threadsafe(self.push_command, command)
+
+
+def _chain(done: asyncio.Future[Any], result: asyncio.Future[Any]) -> None:
+    exc = done.exception()
+    if exc is not None:
+        result.set_exception(exc)
+    else:
+        result.set_result(done.result())
+
+
+def _covers_commands(topic_filter: str, device: str) -> bool:
+    return matches(topic_filter, f"devices/{device}/commands/x")
+
+
+def _summary(outcome: Outcome) -> str:
+    if outcome.failure:
+        return outcome.failure
+    first = outcome.errors[0]
+    where = f"line {first.line}: " if first.line else ""
+    more = f" (and {len(outcome.errors) - 1} more)" if len(outcome.errors) > 1 else ""
+    kept = f"; {outcome.written} point(s) stored" if outcome.written else "; nothing stored"
+    return f"{where}{first.message}{more}{kept}"
+
+
+def _rfc3339(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("MQTT status/command bookkeeping failed: %s", future.exception())

@@ -1,0 +1,190 @@
+"""Whether a device is online, stale or offline, and the history of that.
+
+    online   its MQTT connection is open and it sent data within its expected interval (or
+             it has none), or it has no connection but sent data (HTTP) within the interval
+    stale    connected, but no data within the interval
+    offline  otherwise — so a device without an interval is online only while connected
+
+    status_of(connected=False, interval_seconds=300, last_seen_ns=t, now_ns=t + 10**9)
+    # -> "online"
+
+The status is stored on the device's row, so every process answers alike; each change
+appends a row to ``device_status_history`` with its reason ("connect", "last-will",
+"data", "no data within 300 s", ...). ``Devices`` calls these functions in its own
+transactions: on (dis)connects, on interval changes, and in the periodic sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from motes.registry.models import Invalid
+from motes.registry.schemas import MAX_INTERVAL_SECONDS
+from motes.registry.tables import device_status_history, devices
+
+ONLINE, STALE, OFFLINE = "online", "stale", "offline"
+STATUSES = (ONLINE, STALE, OFFLINE)
+DATA = "data"
+INTERVAL_CHANGED = "expected interval changed"
+MAX_REASON = 128
+
+d = devices.c
+h = device_status_history.c
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    id: int
+    at_ns: int
+    status: str
+    reason: str
+
+
+def status_of(
+    connected: bool, interval_seconds: int | None, last_seen_ns: int | None, now_ns: int
+) -> str:
+    recent = (
+        interval_seconds is not None
+        and last_seen_ns is not None
+        and now_ns - last_seen_ns <= interval_seconds * 10**9
+    )
+    if connected:
+        return ONLINE if interval_seconds is None or recent else STALE
+    return ONLINE if recent else OFFLINE
+
+
+def check_interval(seconds: int | None) -> int | None:
+    """None (no interval) or 1 s to a year."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        raise Invalid("the expected interval must be a whole number of seconds")
+    if not 1 <= seconds <= MAX_INTERVAL_SECONDS:
+        raise Invalid(f"the expected interval must be from 1 to {MAX_INTERVAL_SECONDS} seconds")
+    return seconds
+
+
+def latest(*times: int | None) -> int | None:
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def row(conn: sa.Connection, org_id: str, device_id: str) -> Any:
+    """The status columns of a device (locked on PostgreSQL until the transaction ends)."""
+    return conn.execute(
+        sa.select(
+            d.org_id,
+            d.id,
+            d.connected,
+            d.connected_ns,
+            d.disconnected_ns,
+            d.expected_interval_seconds,
+            d.last_seen_ns,
+            d.status,
+        )
+        .where(d.org_id == org_id, d.id == device_id)
+        .with_for_update()
+    ).first()
+
+
+def record(conn: sa.Connection, r: Any, status: str, at_ns: int, reason: str) -> bool:
+    """Store ``status`` if it differs from the row's ``r.status`` and nobody changed it since."""
+    if status == r.status:
+        return False
+    done = conn.execute(
+        devices.update()
+        .where(d.org_id == r.org_id, d.id == r.id, d.status == r.status)
+        .values(status=status, status_ns=at_ns)
+    ).rowcount
+    if done:
+        conn.execute(
+            device_status_history.insert().values(
+                org_id=r.org_id,
+                device_id=r.id,
+                at_ns=at_ns,
+                status=status,
+                reason=reason[:MAX_REASON],
+            )
+        )
+    return bool(done)
+
+
+def set_connected(
+    conn: sa.Connection,
+    org_id: str,
+    device_id: str,
+    connected: bool,
+    reason: str,
+    at_ns: int,
+    seen_ns: int | None,
+) -> bool:
+    """Note an MQTT (dis)connect; False for an unknown device or an event older than the
+    last one noted (a late disconnect of a connection the device has replaced)."""
+    r = row(conn, org_id, device_id)
+    if r is None or at_ns < (latest(r.connected_ns, r.disconnected_ns) or 0):
+        return False
+    moment = {"connected_ns": at_ns} if connected else {"disconnected_ns": at_ns}
+    conn.execute(
+        devices.update()
+        .where(d.org_id == org_id, d.id == device_id)
+        .values(connected=connected, **moment)
+    )
+    # a connect is traffic: a device with an interval is online from its CONNECT on
+    last = latest(r.last_seen_ns, seen_ns, at_ns if connected else None)
+    record(conn, r, status_of(connected, r.expected_interval_seconds, last, at_ns), at_ns, reason)
+    return True
+
+
+def refresh(
+    conn: sa.Connection, org_id: str, device_id: str, seen_ns: int | None, now: int, reason: str
+) -> None:
+    """Recompute one device's status (its interval changed)."""
+    r = row(conn, org_id, device_id)
+    if r is not None:
+        last = latest(r.last_seen_ns, seen_ns)
+        record(conn, r, status_of(r.connected, r.expected_interval_seconds, last, now), now, reason)
+
+
+def sweep(conn: sa.Connection, seen: Mapping[tuple[str, str], int], now: int) -> int:
+    """Move devices whose data stopped or came back; returns how many changed.
+
+    Only devices with an interval can change without a (dis)connect. Of those, the ones
+    offline and silent are skipped; traffic seen only in this process's memory (``seen``)
+    counts for the rest, traffic of offline devices once it is flushed (every 5 s).
+    """
+    window = d.expected_interval_seconds * 1_000_000_000
+    rows = conn.execute(
+        sa.select(
+            d.org_id, d.id, d.connected, d.expected_interval_seconds, d.last_seen_ns, d.status
+        ).where(
+            d.expected_interval_seconds.is_not(None),
+            sa.or_(d.status != OFFLINE, d.connected.is_(sa.true()), d.last_seen_ns >= now - window),
+        )
+    ).all()
+    changed = 0
+    for r in rows:
+        last = latest(r.last_seen_ns, seen.get((r.org_id, r.id)))
+        status = status_of(r.connected, r.expected_interval_seconds, last, now)
+        reason = DATA if status == ONLINE else f"no data within {r.expected_interval_seconds} s"
+        changed += record(conn, r, status, now, reason)
+    return changed
+
+
+def history(
+    conn: sa.Connection, org_id: str, device_id: str, limit: int, before: int | None
+) -> list[StatusChange]:
+    query = sa.select(h.id, h.at_ns, h.status, h.reason).where(
+        h.org_id == org_id, h.device_id == device_id
+    )
+    if before is not None:
+        query = query.where(h.id < before)
+    rows = conn.execute(query.order_by(h.id.desc()).limit(limit)).all()
+    return [StatusChange(r.id, r.at_ns, r.status, r.reason) for r in rows]
+
+
+def forget_device(conn: sa.Connection, org_id: str, device_id: str) -> None:
+    conn.execute(device_status_history.delete().where(h.org_id == org_id, h.device_id == device_id))
