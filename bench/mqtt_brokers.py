@@ -81,6 +81,7 @@ class Broker:
     max_qos = 1
     logins = True  # takes username/password
     counts_by_subscriber = True  # deliveries are counted by a subscriber (else in a store)
+    streams_to_subscriber = False  # sends QoS 1 deliveries without waiting for PUBACKs
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=f"bench-mqtt-{self.name}-"))
@@ -150,6 +151,7 @@ class Mosquitto(Broker):
         conf = self.root / "mosquitto.conf"
         conf.write_text(mosquitto_conf(self.port, max_queued, max_inflight))
         self.settings = f"max_queued_messages {max_queued}, max_inflight_messages {max_inflight}"
+        self.streams_to_subscriber = max_inflight == 0
         self._spawn([MOSQUITTO, "-c", str(conf)])
 
 

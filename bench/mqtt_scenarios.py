@@ -45,6 +45,7 @@ from bench.mqtt_load import (
 CTX = mp.get_context("fork")
 TOPIC_FILTER = "devices/+/telemetry"
 HOUR_NS = 3_600_000_000_000
+SUBSCRIBER_PAUSE_S = 0.002  # throughput: see subscriber_main
 
 
 def plan_for(broker: Broker, args: Namespace) -> Plan:
@@ -73,10 +74,10 @@ def chunks(items: list[Any], parts: int) -> list[list[Any]]:
 class Subscriber:
     """The counting subscriber process, ready (subscribed) once constructed."""
 
-    def __init__(self, plan: Plan, timed: bool) -> None:
+    def __init__(self, plan: Plan, timed: bool, pause_s: float = 0.0) -> None:
         self.ready, self.stop_event = CTX.Event(), CTX.Event()
         self.progress, self.out = CTX.RawArray("d", 2), CTX.Queue()
-        args = (plan, Client("bench-counter"), TOPIC_FILTER, timed)
+        args = (plan, Client("bench-counter"), TOPIC_FILTER, timed, pause_s)
         self.proc = CTX.Process(
             target=subscriber_main,
             args=(*args, self.ready, self.stop_event, self.progress, self.out),
@@ -141,7 +142,10 @@ def throughput(broker: Broker, args: Namespace) -> dict[str, Any]:
     clients = list(enumerate(broker.clients(args.conns)))
     per_conn = max(1, args.messages // args.conns)
     t0 = plan.now_ts() - (2 * HOUR_NS if plan.precision == "ns" else 2 * 3_600_000)
-    sub = Subscriber(plan, timed=False) if broker.counts_by_subscriber else None
+    sub = None
+    if broker.counts_by_subscriber:
+        pause = SUBSCRIBER_PAUSE_S if broker.streams_to_subscriber or not plan.qos else 0.0
+        sub = Subscriber(plan, timed=False, pause_s=pause)
     procs, barrier, out = _start(
         publish_main,
         chunks(clients, args.procs),

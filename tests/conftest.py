@@ -37,6 +37,17 @@ def free_port() -> int:
         return port
 
 
+def require_tool(name: str) -> str:
+    """The path of a command-line tool the test needs; skipped where it is missing, except
+    where MOTES_REQUIRE_MOSQUITTO=1 (CI) makes a missing tool a failure."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("MOTES_REQUIRE_MOSQUITTO") == "1":
+            pytest.fail(f"{name} is required (apt-get install mosquitto mosquitto-clients)")
+        pytest.skip(f"{name} not installed (apt-get install mosquitto mosquitto-clients)")
+    return path
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(

@@ -35,6 +35,7 @@ class Paho:
     password: str | None
     version: int = V5
     transport: str = "tcp"
+    tls_ca: str | None = None
     client: mqtt.Client = field(init=False)
     messages: queue.Queue[Received] = field(default_factory=queue.Queue)
     acks: dict[int, int] = field(default_factory=dict)
@@ -58,6 +59,8 @@ class Paho:
         )
         if self.username is not None:
             self.client.username_pw_set(self.username, self.password)
+        if self.tls_ca is not None:
+            self.client.tls_set(ca_certs=self.tls_ca)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
@@ -144,6 +147,14 @@ class Paho:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self._release()
+
+    def _release(self) -> None:
+        # paho keeps a socket pair to wake its loop and leaves it open after loop_stop
+        for name in ("_sockpairR", "_sockpairW"):
+            sock = getattr(self.client, name, None)
+            if sock is not None:
+                sock.close()
 
     def drop(self) -> None:
         """Lose the connection without DISCONNECT (the will fires)."""
@@ -151,6 +162,7 @@ class Paho:
         self.client.loop_stop()
         if sock is not None:
             sock.close()
+        self._release()
 
 
 def mosquitto(

@@ -399,6 +399,7 @@ def test_devices_lifecycle(cli: Cli, app: TestClient) -> None:
         "Bucket",
         "Key",
         "Disabled",
+        "Status",
         "Last seen",
     ]
     assert cli.json("devices", "list", "--meta", "site=n")["total"] == 1

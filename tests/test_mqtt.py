@@ -4,6 +4,8 @@ and 5) and Debian's mosquitto_pub / mosquitto_sub."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import socket
 import time
@@ -14,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AUTH, ServerProcess, free_port, start_server
+from tests.conftest import AUTH, ServerProcess, free_port, require_tool, start_server
 from tests.mqtt_clients import V5, V311, Paho, mosquitto
 
 pytestmark = pytest.mark.slow
@@ -358,7 +360,71 @@ def test_websocket_transport(server: ServerProcess, http: httpx.Client) -> None:
     ws.close()
 
 
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_listener(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    tls_port = free_port()
+    env = {
+        "MOTES_MQTT_TLS_CERT": str(cert),
+        "MOTES_MQTT_TLS_KEY": str(key),
+        "MOTES_MQTT_TLS_PORT": str(tls_port),
+    }
+    srv = start_server(tmp_path / "data", env=env)
+    try:
+        with httpx.Client(base_url=srv.url, headers=AUTH, timeout=30) as http_:
+            made = expect(http_.post("/api/v1/devices", json={"id": "tls-dev"}), 201)
+            dev = Paho(tls_port, "tls-dev", "tls-dev", made["key"], tls_ca=str(cert))
+            assert dev.connect()[0] == 0
+            assert dev.publish("devices/tls-dev/telemetry", "env temp=9") == 0
+            assert [r[1] for r in points(http_, "env", "device=tls-dev")] == [9]
+            dev.close()
+        with socket.create_connection(("127.0.0.1", tls_port)) as plain:  # no TLS, no MQTT
+            plain.sendall(_connect_packet("x", "tls-dev", made["key"]))
+            plain.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                assert not plain.recv(4).startswith(b"\x20")  # never a CONNACK
+    finally:
+        srv.stop()
+
+
 def test_mosquitto_pub_and_sub(server: ServerProcess, http: httpx.Client) -> None:
+    require_tool("mosquitto_pub")
+    require_tool("mosquitto_sub")
     key = device(http, "mq-dev")
     port = str(server.mqtt_port)
     sub = __import__("subprocess").Popen(

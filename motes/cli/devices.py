@@ -106,10 +106,20 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> i
         raise click.BadParameter(str(exc), ctx, param) from exc
 
 
-def _interval_option(help: str) -> Any:
-    return click.option(
-        "--expected-interval", "interval", callback=_seconds, metavar="DURATION", help=help
-    )
+_create_interval_option = click.option(
+    "--expected-interval",
+    "interval",
+    callback=_seconds,
+    metavar="DURATION",
+    help="How often it sends data (300, 5m): offline (stale if connected) after.",
+)
+_update_interval_option = click.option(
+    "--expected-interval",
+    "interval",
+    callback=_seconds,
+    metavar="DURATION",
+    help="How often it sends data (300, 5m); 0 removes the interval.",
+)
 
 
 def _given(values: tuple[str, ...]) -> list[str] | None:
@@ -166,7 +176,7 @@ def list_devices(
 @_metadata_option
 @click.option("--bucket", help="Bucket its telemetry goes to.")
 @_permission_option
-@_interval_option("How often it sends data (300, 5m): offline (stale if connected) after.")
+@_create_interval_option
 @json_option
 @with_client
 def create_device(
@@ -222,7 +232,7 @@ def show_device(client: MotesClient, device_id: str, as_json: bool) -> None:
 @click.option("--bucket", help="New bucket for its telemetry.")
 @_permission_option
 @click.option("--disable/--enable", "disabled", default=None, help="Refuse or accept its key.")
-@_interval_option("How often it sends data (300, 5m); 0 removes the interval.")
+@_update_interval_option
 @json_option
 @with_client
 def update_device(

@@ -646,8 +646,9 @@ class Connection(asyncio.Protocol):
             return
         if self.version == 5 and self.session is not None:
             self._send(pk.encode_disconnect(code, reason))
-        elif self.session is None and self.version and code in (pk.UNSUPPORTED_PROTOCOL_VERSION,):
-            self._send(pk.encode_connack(False, code, self.version, {}))
+        elif self.session is None and code == pk.UNSUPPORTED_PROTOCOL_VERSION:
+            # MQTT-3.1.2-2: CONNACK 0x01, in the 3.1.1 shape every version reads
+            self._send(pk.encode_connack(False, code, 4, {}))
         self._flush()
         self._close()
 

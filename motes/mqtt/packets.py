@@ -222,8 +222,12 @@ def split(buf: bytes | bytearray, max_size: int) -> tuple[list[tuple[int, bytes]
                     break
                 shift += 7
                 if shift > 21:
+                    if out:  # the complete packets before it are answered first
+                        return out, pos
                     raise MalformedPacket("remaining length longer than four bytes")
         if length + (i - pos) > max_size:
+            if out:
+                return out, pos
             raise MalformedPacket(
                 f"packet of {length + i - pos} bytes exceeds the maximum of {max_size}",
                 PACKET_TOO_LARGE,
@@ -328,7 +332,7 @@ class _Reader:
             pid = self.varint()
             kind = PROPERTY_TYPES.get(pid)
             if kind is None or (allowed is not None and pid not in allowed):
-                raise MalformedPacket(f"property 0x{pid:02X} is not allowed here", PROTOCOL_ERROR)
+                raise MalformedPacket(f"property 0x{pid:02X} is not allowed here")
             value = self._value(kind)
             if pid in (USER_PROPERTY, SUBSCRIPTION_ID):
                 props.setdefault(pid, []).append(value)

@@ -209,4 +209,6 @@ class SubscriptionTree:
             if have is None or sub.qos > have.qos:
                 plain[client] = sub
         for group, members in node.shared.items():
-            shared.setdefault(group, []).extend(members.values())
+            # a shared subscription is its group *and* filter: one copy for each (MQTT 4.8.2)
+            first = next(iter(members.values()))
+            shared.setdefault(f"$share/{group}/{first.filter}", []).extend(members.values())

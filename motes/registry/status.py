@@ -156,13 +156,15 @@ def sweep(conn: sa.Connection, seen: Mapping[tuple[str, str], int], now: int) ->
     offline and silent are skipped; traffic seen only in this process's memory (``seen``)
     counts for the rest, traffic of offline devices once it is flushed (every 5 s).
     """
-    window = d.expected_interval_seconds * 1_000_000_000
+    # typed as BIGINT: PostgreSQL would compute in INTEGER and overflow
+    window = sa.cast(d.expected_interval_seconds, sa.BigInteger) * sa.literal(10**9, sa.BigInteger)
+    since = sa.literal(now, sa.BigInteger) - window
     rows = conn.execute(
         sa.select(
             d.org_id, d.id, d.connected, d.expected_interval_seconds, d.last_seen_ns, d.status
         ).where(
             d.expected_interval_seconds.is_not(None),
-            sa.or_(d.status != OFFLINE, d.connected.is_(sa.true()), d.last_seen_ns >= now - window),
+            sa.or_(d.status != OFFLINE, d.connected.is_(sa.true()), d.last_seen_ns >= since),
         )
     ).all()
     changed = 0
