@@ -71,7 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--rate", type=float, default=5000.0, help="latency: messages/s (default 5,000)")
     add("--latency-seconds", type=float, default=10.0, help="latency: duration (default 10 s)")
     add("--probe-interval", type=float, default=0.005, help="Motes probe: pause between polls")
-    add("--precision", choices=("ns", "ms"), default="ns", help="payload timestamps (ns)")
+    add(
+        "--motes-subscriber",
+        choices=("none", "latency", "all"),
+        default="latency",
+        help="scenarios in which a counting subscriber (operator token) also runs on Motes",
+    )
     add("--mosquitto-max-queued", type=int, default=0, help="max_queued_messages (0: no limit)")
     add("--mosquitto-max-inflight", type=int, default=0, help="max_inflight_messages (0: none)")
     add("--venv", default=str(mqtt_brokers.VENV), help="virtualenv of amqtt and mqttools")
@@ -79,8 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--json", action="store_true", help="print the results as JSON instead of tables")
     add("--no-save", action="store_true", help="do not write bench/results/*-mqtt.json")
     args = p.parse_args(argv)
-    if args.quick:
-        args.rounds, args.messages, args.idle_conns, args.latency_seconds = 1, 200_000, 1000, 3.0
+    if args.quick:  # where not given
+        quick = {"rounds": 1, "messages": 200_000, "idle_conns": 1000, "latency_seconds": 3.0}
+        for key, value in quick.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
     args.targets = _names(p, args.target, ALIASES, TARGETS)
     args.scenarios = _names(p, args.scenario, {"all": list(SCENARIO_ORDER)}, SCENARIO_ORDER)
     args.scenarios = [s for s in SCENARIO_ORDER if s in args.scenarios]
@@ -136,7 +144,7 @@ def run_round(args: argparse.Namespace, name: str, results: mqtt_report.Results)
 def summary(scenario: str, f: dict[str, Any]) -> str:
     if scenario == "throughput":
         return (
-            f"{f['published_per_s']:,.0f} msg/s published (QoS {f['qos']}), sent {f['sent']:,}, "
+            f"{f['rate']:,.0f} msg/s (QoS {f['qos']}), sent {f['sent']:,}, "
             f"acked {f['acked']:,}, delivered {f['delivered']:,}, lost {f['lost']:,}; "
             f"broker {f['broker_cpu_us_per_msg']:.1f} µs CPU/msg, generator CPU "
             f"{f['generator_cpu_pct']:.0f} %"
@@ -147,13 +155,14 @@ def summary(scenario: str, f: dict[str, Any]) -> str:
             f"{f['rss_before'] / 1e6:.1f} -> {f['rss_after'] / 1e6:.1f} MB = "
             f"{f['bytes_per_connection']:,.0f} bytes/conn, dropped {f['dropped_while_idle']}"
         )
-    pa = f"{f.get('puback_p50_ms', 0):.2f}/{f.get('puback_p99_ms', 0):.2f}"
-    vi = f"{f.get('visible_p50_ms', 0):.2f}/{f.get('visible_p99_ms', 0):.2f}"
-    return (
-        f"{f['sent_per_s']:,.0f} msg/s sent; PUBACK p50/p99 {pa} ms; visible p50/p99 {vi} ms "
-        f"({f['visible_by']}, {f['visible_samples']:,} samples); broker CPU "
-        f"{f['broker_cpu_pct']:.0f} %"
-    )
+    parts = [f"{f['sent_per_s']:,.0f} msg/s sent"]
+    for key, what in (("puback", "PUBACK"), ("subscriber", "subscriber"), ("query", "query")):
+        if f"{key}_p50_ms" in f:
+            parts.append(
+                f"{what} p50/p99 {f[f'{key}_p50_ms']:.2f}/{f[f'{key}_p99_ms']:.2f} ms "
+                f"({f[f'{key}_samples']:,})"
+            )
+    return "; ".join([*parts, f"broker CPU {f['broker_cpu_pct']:.0f} %"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +193,12 @@ def report(
     started: float,
 ) -> int:
     tables = {s: mqtt_report.table(results, s) for s in args.scenarios}
-    lost = sum(r.get("lost", 0) for t in results.values() for s in t.values() for r in s)
+    lost = sum(
+        r.get("lost", 0) + r.get("subscriber_lost", 0)
+        for t in results.values()
+        for s in t.values()
+        for r in s
+    )
     payload = {
         "benchmark": "mqtt",
         "config": {k: v for k, v in vars(args).items()},
@@ -205,7 +219,7 @@ def report(
         for name, reason in unavailable.items():
             print(f"- {name}: not measured: {reason}")
     if lost:
-        warn(f"{lost:,} acknowledged messages were not delivered/stored (see the tables)")
+        warn(f"{lost:,} messages a broker took were not delivered or stored (see the tables)")
     if not args.no_save:
         log(f"results saved to {mqtt_report.save_json(payload)}")
     return 1 if lost or not results else 0

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -80,7 +81,7 @@ class Broker:
     version: int | None = None  # protocol level it insists on (None: the one asked for)
     max_qos = 1
     logins = True  # takes username/password
-    counts_by_subscriber = True  # deliveries are counted by a subscriber (else in a store)
+    has_store = False  # Motes: messages are counted in its store, not by a subscriber
     streams_to_subscriber = False  # sends QoS 1 deliveries without waiting for PUBACKs
 
     def __init__(self) -> None:
@@ -109,6 +110,14 @@ class Broker:
             [Client(device_id(i), device_id(i), "x") for i in range(n)]
             if self.logins
             else [Client(device_id(i)) for i in range(n)]
+        )
+
+    def subscriber(self) -> Client:
+        """The counting subscriber's identity."""
+        return (
+            Client("bench-counter", "bench-counter", "x")
+            if self.logins
+            else Client("bench-counter")
         )
 
     def log_tail(self, chars: int = 2000) -> str:
@@ -183,7 +192,7 @@ class Motes(Broker):
     """``motes serve`` with MQTT; its devices provisioned with keys into bucket ``mqtt``."""
 
     name = "motes"
-    counts_by_subscriber = False
+    has_store = True
 
     def __init__(self, devices: int) -> None:
         super().__init__()
@@ -239,6 +248,10 @@ class Motes(Broker):
             raise ValueError(f"{n} connections but {len(self.keys)} devices provisioned")
         return [Client(device_id(i), device_id(i), self.keys[device_id(i)]) for i in range(n)]
 
+    def subscriber(self) -> Client:
+        """An app's login: any user name, the operator token as password."""
+        return Client("bench-counter", "bench", self.server.token)
+
     def count(self, start_ns: int, stop_ns: int) -> int:
         """Points stored in measurement ``m`` of bucket ``mqtt`` between start and stop."""
         return self.server.count_points(MOTES_BUCKET, MEASUREMENT, start_ns, stop_ns)
@@ -249,12 +262,12 @@ class Motes(Broker):
         return f"{self.server.url}/api/v1/latest", params, self.server.headers
 
 
-def start(name: str, args: object) -> Broker:
+def start(name: str, args: Any) -> Broker:
     """The broker ``name`` started with the options in ``args`` (see ``bench/mqtt.py``)."""
     if name == "mosquitto":
-        return Mosquitto(args.mosquitto_max_queued, args.mosquitto_max_inflight)  # type: ignore[attr-defined]
+        return Mosquitto(args.mosquitto_max_queued, args.mosquitto_max_inflight)
     if name == "motes":
-        return Motes(args.devices)  # type: ignore[attr-defined]
+        return Motes(args.devices)
     if name in ("amqtt", "mqttools"):
-        return PythonBroker(name, Path(args.venv))  # type: ignore[attr-defined]
+        return PythonBroker(name, Path(args.venv))
     raise ValueError(f"unknown target {name!r}")

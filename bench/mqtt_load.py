@@ -8,13 +8,15 @@ than a client library would (one paho process tops out near 30 k messages/s here
 - ``publish_main``: every message of every connection encoded before the start, then sent
   as fast as the broker takes them, at most ``inflight`` unacknowledged (QoS 1) per
   connection; counts PUBACKs.
-- ``paced_main``: messages at a fixed rate, encoded when due, each timed from the moment
-  it was due to its PUBACK (so a stalled broker shows up as latency, not as fewer samples).
+- ``paced_main``: messages at a fixed rate, encoded when due and stamped with the
+  wall-clock time they were due; each PUBACK is timed from that moment (so a stalled broker,
+  or a late generator, shows up as latency, not as fewer samples).
 - ``idle_main``: connections that connect and then only keep alive.
-- ``subscriber_main``: one subscription, counts (and with ``latency`` times) deliveries.
+- ``subscriber_main``: one subscription; counts deliveries and, with ``timed``, takes each
+  one's receive time minus the timestamp in its payload.
 
-A message is one line-protocol point, ``m,device=<id> v=<float> <timestamp>``, published to
-``devices/<id>/telemetry``; timestamps are unique per device so a store keeps every message.
+A message is one line-protocol point, ``m,device=<id> v=<float> <ns timestamp>``, published
+to ``devices/<id>/telemetry``; timestamps are unique per device so a store keeps every message.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from bench import mqtt_codec as codec
 from bench.common import own_cpu_seconds
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-CONNECT_BATCH = 100  # handshakes in flight per process: keeps under the brokers' listen backlog
+CONNECT_BATCH = 16  # handshakes in flight per process; 4 processes stay under a backlog of 100
 REFILL = 0.25  # share of the window that must be free before a connection sends again
 ACK_FIRST, ACK_LEN = b"\x40" * 65536, b"\x02" * 65536  # a recv holds < 65,536 PUBACKs
 
@@ -63,14 +65,9 @@ class Plan:
     keepalive: int = 60
     inflight: int = 100
     measurement: str = "m"
-    precision: str = "ns"  # of the line-protocol timestamps: ns or ms
 
-    def line(self, device: str, value: float, ts: int) -> bytes:
-        return f"{self.measurement},device={device} v={value} {ts}".encode()
-
-    def now_ts(self) -> int:
-        ns = time.time_ns()
-        return ns if self.precision == "ns" else ns // 1_000_000
+    def line(self, device: str, value: float, ts_ns: int) -> bytes:
+        return f"{self.measurement},device={device} v={value} {ts_ns}".encode()
 
 
 @dataclass
@@ -83,6 +80,7 @@ class Tally:
     refused: int = 0  # PUBACKs with an MQTT 5 error reason
     started: float = 0.0
     finished: float = 0.0
+    sent_until: float = 0.0  # paced: when the last message was written
     connect_s: float = 0.0
     cpu_s: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -227,17 +225,17 @@ def _fail(tally: Tally) -> None:
 # -- publishing as fast as the broker takes it -------------------------------------------------
 
 
-def encode_messages(plan: Plan, c: Conn, count: int, total_conns: int, t0: int) -> None:
+def encode_messages(plan: Plan, c: Conn, count: int, total_conns: int, t0_ns: int) -> None:
     """``count`` PUBLISH packets of connection ``c``, back to back in one buffer.
 
-    Message *i* of connection *g* has timestamp ``t0 + (i * total_conns + g)`` µs (ns
-    precision: unique across all devices) or ``t0 + i`` ms (ms precision: unique per device).
+    Message *i* of connection *g* has timestamp ``t0_ns + (i * total_conns + g)`` µs: unique
+    across all devices, so a store keeps every message as a point of its own.
     """
     device, g = c.client.client_id, c.index
     packets = [
         codec.publish(
             c.topic,
-            plan.line(device, ((i * 7 + g) % 10000) / 100, _timestamp(plan, t0, i, g, total_conns)),
+            plan.line(device, ((i * 7 + g) % 10000) / 100, t0_ns + (i * total_conns + g) * 1000),
             qos=plan.qos,
             packet_id=i % 65535 + 1,
             version=plan.version,
@@ -247,12 +245,6 @@ def encode_messages(plan: Plan, c: Conn, count: int, total_conns: int, t0: int) 
     c.data = memoryview(b"".join(packets))
     c.offsets = [0, *accumulate(len(p) for p in packets)]
     c.n = c.stop_n = count
-
-
-def _timestamp(plan: Plan, t0: int, i: int, g: int, total_conns: int) -> int:
-    if plan.precision == "ns":
-        return t0 + (i * total_conns + g) * 1000
-    return t0 + i
 
 
 def _fill(c: Conn, plan: Plan) -> bool:
@@ -327,14 +319,16 @@ def _pump(conns: list[Conn], plan: Plan, duration_s: float, drain_s: float) -> f
     QoS 0 written to the socket), or when the ``drain_s`` wait for late acks ran out.
     """
     sel = selectors.DefaultSelector()
+    start = finished = time.perf_counter()
     live: set[Conn] = set()
     for c in conns:
         c.want_write = _fill(c, plan)
+        if _done(c, plan):
+            finished = time.perf_counter()
+            continue
         sel.register(c.sock, READ | (WRITE if c.want_write else 0), c)
         live.add(c)
-    start = time.perf_counter()
-    stop_at, finished = start + duration_s, start
-    frozen = False
+    stop_at, frozen = start + duration_s, False
     while live:
         now = time.perf_counter()
         if not frozen and now >= stop_at:  # finish the message being written, send no more
@@ -355,10 +349,9 @@ def _pump(conns: list[Conn], plan: Plan, duration_s: float, drain_s: float) -> f
             elif want != c.want_write:
                 c.want_write = want
                 sel.modify(c.sock, READ | (WRITE if want else 0), c)
-        if frozen:
-            for c in [c for c in live if _done(c, plan)]:
-                sel.unregister(c.sock)
-                live.discard(c)
+        for c in [c for c in live if frozen and _done(c, plan)]:
+            sel.unregister(c.sock)
+            live.discard(c)
     sel.close()
     return finished if not live else time.perf_counter()
 
@@ -403,8 +396,9 @@ def publish_main(
 # -- publishing at a fixed rate ----------------------------------------------------------------
 
 
-def _queue_message(c: Conn, plan: Plan, due: float, value: float) -> None:
-    ts = max(plan.now_ts(), c.last_ts + 1)  # the send time; unique within the device
+def _queue_message(c: Conn, plan: Plan, due: float, wall_ns: int, value: float) -> None:
+    """Message due at ``due`` (perf_counter), stamped with that moment's wall-clock time."""
+    ts = max(wall_ns, c.last_ts + 1)  # unique within the device
     c.last_ts = ts
     pid = 0
     if plan.qos:
@@ -466,20 +460,23 @@ def _pace(conns: list[Conn], plan: Plan, rate: float, seconds: float, tally: Tal
     for c in conns:
         sel.register(c.sock, READ, c)
     total, k, give_up = int(rate * seconds), 0, None
-    start = time.perf_counter()
+    start, start_ns = time.perf_counter(), time.time_ns()
     while conns:
         now = time.perf_counter()
         due_n = min(total, int((now - start) * rate) + 1)
         touched = set()
         while k < due_n:
             c = conns[k % len(conns)]
-            _queue_message(c, plan, start + k / rate, (k % 1000) / 10)
+            due = k / rate
+            _queue_message(c, plan, start + due, start_ns + int(due * 1e9), (k % 1000) / 10)
             touched.add(c)
             k += 1
         for c in touched:
             _watch_writes(sel, c, plan)
         if k >= total:
             live = [c for c in conns if c.error is None]
+            if not tally.sent_until and not any(c.queue or c.outbuf for c in live):
+                tally.sent_until = now  # the last message written
             if not any(c.queue or c.outstanding or c.outbuf for c in live):
                 break
             give_up = give_up or now + 10.0
@@ -608,7 +605,7 @@ def _deliveries(
     tally: SubTally,
     timed: bool,
 ) -> None:
-    now_ns, scale = time.time_ns(), 1 if plan.precision == "ns" else 1_000_000
+    now_ns = time.time_ns()
     acks = []
     for first, start, end in packets:
         if first & 0xF0 != codec.PUBLISH:
@@ -622,7 +619,7 @@ def _deliveries(
             p += 2
         if timed:
             ts = int(data[data.rindex(b" ", p, end) + 1 : end])
-            tally.latencies_s.append((now_ns - ts * scale) / 1e9)
+            tally.latencies_s.append((now_ns - ts) / 1e9)
     if acks:
         c.outbuf += b"".join(acks)
 

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 
 from motes import __version__, apispec
 from motes.http import HANDLED, JSONResponse, error_response
+from motes.mqtt import hooks_api as mqtt_hooks_api
 from motes.mqtt.server import MqttServer
 from motes.registry import api as registry_api
 from motes.registry import api_access, api_auth, api_commands, api_devices, api_orgs
@@ -118,6 +119,7 @@ def create_app(settings: Settings) -> Starlette:
         *api_devices.routes,
         *api_commands.routes,
         *api_access.routes,
+        *mqtt_hooks_api.routes,
         *apispec.routes,
         WebSocketRoute("/mqtt", mqtt_websocket),
     ]

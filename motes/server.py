@@ -7,7 +7,9 @@ process exits 0 with every acknowledged point on disk.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 from types import FrameType
 
@@ -49,3 +51,30 @@ def serve(settings: Settings) -> int:
     server = _Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+def work(settings: Settings) -> int:
+    """``motes worker``: the app's stores and the external-broker consumer, no HTTP listener;
+    SIGTERM/SIGINT stop it the same clean way as the server."""
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with app.router.lifespan_context(app):
+            logging.getLogger("motes").info("worker consuming from %s", settings.mqtt_url)
+            await stop.wait()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+    return 0

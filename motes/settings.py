@@ -53,6 +53,30 @@ class Settings(BaseSettings):
         10_000,
         description="QoS 1/2 messages kept per MQTT session for an offline or slow subscriber.",
     )
+    mqtt_url: str | None = Field(
+        None,
+        description=(
+            "External broker to consume device traffic from (mqtt://user:token@host:1883 or "
+            "mqtts://...), instead of the embedded listeners; see docs/mqtt.md."
+        ),
+    )
+    mqtt_share_group: str = Field(
+        "motes", description="Shared-subscription group the Motes processes consume in."
+    )
+    mqtt_client_id: str | None = Field(
+        None,
+        description=(
+            "Client id at the external broker; set a stable, per-process id to keep a "
+            "persistent session (default: motes-<host>-<pid>, clean session)."
+        ),
+    )
+    mqtt_service_user: str = Field(
+        "motes", description="User name the Motes worker signs in with at an external broker."
+    )
+    mqtt_hook_secret: str | None = Field(
+        None,
+        description="If set, external brokers' hook calls must send Authorization: Bearer <it>.",
+    )
     mqtt_session_expiry_seconds: int = Field(
         7 * 24 * 3600, description="Longest an offline persistent MQTT session is kept."
     )

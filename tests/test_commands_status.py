@@ -421,6 +421,8 @@ def test_a_command_over_http_from_send_to_answer(client: TestClient) -> None:
     assert made["createdAt"].endswith("Z") and made["sentAt"] is None
     listed = ok(client.get("/api/v1/devices/gh-1/commands"))["commands"]
     assert [c["id"] for c in listed] == [made["id"]]
+    peek = client.head("/api/v1/devices/gh-1/commands/pending", headers=thing)
+    assert peek.status_code == 200  # HEAD sends no body: nothing counts as delivered
     polled = ok(client.get("/api/v1/devices/gh-1/commands/pending", headers=thing))
     assert [(c["id"], c["state"]) for c in polled] == [(made["id"], "delivered")]
     assert ok(client.get("/api/v1/devices/gh-1/commands/pending", headers=thing)) == []

@@ -1,6 +1,8 @@
 """The ``motes`` command; docs/cli.md lists every command with an example.
 
-    motes serve [--data-dir PATH] [--http-port N] [--mqtt-port N] [--host ADDR] [--config FILE]
+    motes serve [--data-dir PATH] [--http-port N] [--mqtt-port N] [--host ADDR] [--mqtt-url URL]
+                [--config FILE]
+    motes worker --mqtt-url URL [--data-dir PATH] [--config FILE]
     motes db upgrade [--data-dir PATH] [--registry-url URL] [--config FILE]
     motes version [--url URL]
     motes config create NAME [-u URL] [-t TOKEN] [-o ORG] [-a] | use NAME | list | delete NAME
@@ -83,6 +85,11 @@ for _group in _GROUPS:
 @click.option("--mqtt-port", type=click.IntRange(0, 65535), help="Port of the MQTT listener.")
 @click.option("--host", "http_host", metavar="ADDR", help="Address the HTTP API binds to.")
 @click.option(
+    "--mqtt-url",
+    metavar="URL",
+    help="Consume device traffic from this external broker (mqtt://user:token@host:1883).",
+)
+@click.option(
     "--config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="TOML settings file (options given here win over it).",
@@ -94,6 +101,7 @@ def serve(
     http_port: int | None,
     mqtt_port: int | None,
     http_host: str | None,
+    mqtt_url: str | None,
     config: Path | None,
 ) -> None:
     """Run the Motes server until interrupted.
@@ -102,13 +110,48 @@ def serve(
     then defaults.
     """
     settings = load_settings(
-        config, data_dir=data_dir, http_port=http_port, mqtt_port=mqtt_port, http_host=http_host
+        config,
+        data_dir=data_dir,
+        http_port=http_port,
+        mqtt_port=mqtt_port,
+        http_host=http_host,
+        mqtt_url=mqtt_url,
     )
     # Imported here: the server pulls in DuckDB, Arrow and Starlette, which the client
     # commands do not need.
     from motes.server import serve as run_server
 
     ctx.exit(run_server(settings))
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the telemetry store and registry.",
+)
+@click.option(
+    "--mqtt-url", metavar="URL", help="The external broker (mqtt://user:token@host:1883)."
+)
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML settings file (options given here win over it).",
+)
+@click.pass_context
+def worker(
+    ctx: click.Context, data_dir: Path | None, mqtt_url: str | None, config: Path | None
+) -> None:
+    """Consume device traffic from an external broker into the store, without the HTTP API.
+
+    Several workers (and servers) with the same MOTES_MQTT_SHARE_GROUP split the traffic.
+    """
+    settings = load_settings(config, data_dir=data_dir, mqtt_url=mqtt_url)
+    if not settings.mqtt_url:
+        raise click.UsageError("a worker needs --mqtt-url (or MOTES_MQTT_URL)")
+    from motes.server import work
+
+    ctx.exit(work(settings))
 
 
 @main.command()

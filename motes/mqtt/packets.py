@@ -596,3 +596,46 @@ def encode_disconnect(code: int, reason: str | None = None) -> bytes:
     """MQTT 5 only: 3.1.1 servers just close the connection."""
     props = {REASON_STRING: reason[:200]} if reason else {}
     return _frame(0xE0, bytes((code,)) + encode_properties(props))
+
+
+# -- client side (external-broker mode) ---------------------------------------------------
+
+
+def encode_connect(
+    client_id: str,
+    username: str | None,
+    password: str | None,
+    keep_alive: int,
+    clean_start: bool,
+    version: int = 4,
+    properties: Properties | None = None,
+) -> bytes:
+    flags = (0x02 if clean_start else 0) | (0x80 if username else 0) | (0x40 if password else 0)
+    body = _utf8("MQTT") + bytes((version, flags)) + _U16.pack(keep_alive)
+    if version == 5:
+        body += encode_properties(properties or {})
+    body += _utf8(client_id)
+    if username:
+        body += _utf8(username)
+    if password:
+        body += _utf8(password)
+    return _frame(0x10, body)
+
+
+def encode_subscribe(packet_id: int, filters: list[tuple[str, int]], version: int = 4) -> bytes:
+    body = _U16.pack(packet_id)
+    if version == 5:
+        body += encode_properties({})
+    for topic_filter, options in filters:
+        body += _utf8(topic_filter) + bytes((options,))
+    return _frame(0x82, body)
+
+
+def decode_connack(body: bytes) -> tuple[bool, int]:
+    """(session present, return/reason code) of a CONNACK body."""
+    if len(body) < 2:
+        raise MalformedPacket("CONNACK ends early")
+    return bool(body[0] & 0x01), body[1]
+
+
+PINGREQ_PACKET = b"\xc0\x00"

@@ -21,15 +21,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from motes.mqtt import packets as pk
-from motes.mqtt.broker import Broker
 from motes.mqtt.ingest import Ingest, Outcome
 from motes.mqtt.models import Identity, Message, Refused, Session
 from motes.mqtt.topics import matches
@@ -58,6 +57,14 @@ CHANNEL_CACHE_SECONDS = 5.0
 MESSAGES_MEASUREMENT = "messages"
 
 
+class Router(Protocol):
+    """Where platform messages (commands) go out, and who runs the hooks' tasks."""
+
+    def publish(self, mount: str, message: Message) -> int: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+
+
 @dataclass
 class Client:
     """What the platform keeps of a connected client (``Identity.context``)."""
@@ -82,7 +89,7 @@ class MotesHooks:
         self.registry = registry
         self.ingest = ingest
         self.default_bucket = default_bucket
-        self.broker: Broker | None = None
+        self.broker: Router | None = None  # the embedded broker, or the external one
         self.rejections: deque[Rejection] = deque(maxlen=10_000)
         self.on_rejection: Callable[[Rejection], None] | None = None
         # status and command bookkeeping in order, off the event loop

@@ -19,6 +19,8 @@ from starlette.websockets import WebSocket
 
 from motes.mqtt.broker import Broker, BrokerLimits
 from motes.mqtt.connection import Connection
+from motes.mqtt.external import ExternalBroker
+from motes.mqtt.hooks_api import Locator
 from motes.mqtt.ingest import Ingest
 from motes.mqtt.platform import MotesHooks
 from motes.registry.service import Registry
@@ -43,14 +45,30 @@ class MqttServer:
             ),
         )
         self.hooks.broker = self.broker
+        self.locator = Locator(registry)
+        self.external: ExternalBroker | None = None
+        if settings.mqtt_url:
+            self.external = ExternalBroker(
+                settings.mqtt_url,
+                self.hooks,
+                self.locator,
+                group=settings.mqtt_share_group,
+                client_id=settings.mqtt_client_id,
+                username=settings.mqtt_service_user,
+                password=settings.init_token,
+            )
+            self.hooks.broker = self.external  # commands go out through the external broker
         self.ports: dict[str, int] = {}
 
     async def start(self) -> None:
         s = self.settings
-        if s.mqtt_port:
-            await self._listen("mqtt", s.mqtt_port, None)
-        if s.mqtt_tls_cert:
-            await self._listen("mqtts", s.mqtt_tls_port, self._tls_context())
+        if self.external is not None:
+            await self.external.start()
+        else:
+            if s.mqtt_port:
+                await self._listen("mqtt", s.mqtt_port, None)
+            if s.mqtt_tls_cert:
+                await self._listen("mqtts", s.mqtt_tls_port, self._tls_context())
         commands = getattr(self.hooks.registry, "commands", None)
         if commands is not None:
             loop = asyncio.get_running_loop()
@@ -86,6 +104,8 @@ class MqttServer:
         return context
 
     async def stop(self) -> None:
+        if self.external is not None:
+            await self.external.stop()
         await self.broker.stop()
         await asyncio.to_thread(self.hooks.close)
 
