@@ -26,9 +26,9 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from urllib.parse import parse_qsl
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import sqlalchemy as sa
