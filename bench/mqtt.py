@@ -42,7 +42,7 @@ import orjson
 
 from bench import mqtt_brokers, mqtt_report
 from bench.ingest_query import git_commit, log, warn
-from bench.mqtt_scenarios import SCENARIOS
+from bench.mqtt_scenarios import SCENARIOS, wait_quiet
 
 TARGETS = ("mosquitto", "motes", "amqtt", "mqttools")
 ALIASES = {
@@ -129,7 +129,11 @@ def run_round(args: argparse.Namespace, name: str, results: mqtt_report.Results)
     log(f"{name}: started in {time.monotonic() - started:.1f}s ({broker.settings})")
     try:
         for scenario in args.scenarios:
+            waited = wait_quiet(broker)
+            if waited > 1.5:
+                log(f"{name}: waited {waited:.0f}s for the broker to go quiet")
             fig = SCENARIOS[scenario](broker, args)
+            fig["quiet_wait_s"] = waited
             results.setdefault(name, {}).setdefault(scenario, []).append(fig)
             log(f"{name} {scenario}: {summary(scenario, fig)}")
             for error in fig.get("errors", []):

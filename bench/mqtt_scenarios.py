@@ -58,6 +58,23 @@ def plan_for(broker: Broker, args: Namespace) -> Plan:
     )
 
 
+def wait_quiet(broker: Broker, busy: float = 0.05, max_s: float = 30.0) -> float:
+    """Wait until the broker uses under ``busy`` of a core for a second (at most ``max_s``).
+
+    So that one scenario's aftermath (10,000 disconnects, a backlog of writes) does not land
+    in the next one's figures. Returns the seconds waited.
+    """
+    start = time.monotonic()
+    last = tree_cpu_seconds(broker.pid)
+    while time.monotonic() - start < max_s:
+        time.sleep(1.0)
+        now = tree_cpu_seconds(broker.pid)
+        if now - last < busy:
+            break
+        last = now
+    return time.monotonic() - start
+
+
 def chunks(items: list[Any], parts: int) -> list[list[Any]]:
     """``items`` in ``parts`` contiguous, nearly equal, non-empty slices."""
     parts = max(1, min(parts, len(items)))

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         None,
         description="If set, external brokers' hook calls must send Authorization: Bearer <it>.",
     )
+    mqtt_dynsec_url: str | None = Field(
+        None,
+        description=(
+            "Admin URL of a Mosquitto with the dynamic-security plugin "
+            "(mqtt://admin:password@host:1883): devices and channels are kept in step there."
+        ),
+    )
     mqtt_session_expiry_seconds: int = Field(
         7 * 24 * 3600, description="Longest an offline persistent MQTT session is kept."
     )

@@ -19,10 +19,12 @@ from starlette.websockets import WebSocket
 
 from motes.mqtt.broker import Broker, BrokerLimits
 from motes.mqtt.connection import Connection
+from motes.mqtt.dynsec import DynamicSecurity
 from motes.mqtt.external import ExternalBroker
 from motes.mqtt.hooks_api import Locator
 from motes.mqtt.ingest import Ingest
 from motes.mqtt.platform import MotesHooks
+from motes.mqtt.rejections import RejectionBuffer
 from motes.registry.service import Registry
 from motes.settings import Settings
 from motes.telemetry.service import TelemetryService
@@ -35,6 +37,10 @@ class MqttServer:
         self.settings = settings
         self.ingest = Ingest(telemetry)
         self.hooks = MotesHooks(registry, self.ingest, settings.init_bucket)
+        # refusals reach the device's owner (GET .../rejections), written every 2 s
+        self.rejections = RejectionBuffer(registry.rejections.record)
+        self.hooks.on_rejection = self.rejections.add
+        self._flusher: asyncio.Task[None] | None = None
         self.broker = Broker(
             self.hooks,
             BrokerLimits(
@@ -58,10 +64,20 @@ class MqttServer:
                 password=settings.init_token,
             )
             self.hooks.broker = self.external  # commands go out through the external broker
+        self.dynsec: DynamicSecurity | None = None
+        if settings.mqtt_dynsec_url:
+            password = self.external.password if self.external else settings.init_token
+            self.dynsec = DynamicSecurity(
+                settings.mqtt_dynsec_url, settings.mqtt_service_user, password
+            )
+            registry.devices.listen(self.dynsec.device_event)
         self.ports: dict[str, int] = {}
 
     async def start(self) -> None:
         s = self.settings
+        self._flusher = asyncio.create_task(self.rejections.run())
+        if self.dynsec is not None:
+            await self.dynsec.start()
         if self.external is not None:
             await self.external.start()
         else:
@@ -106,7 +122,14 @@ class MqttServer:
     async def stop(self) -> None:
         if self.external is not None:
             await self.external.stop()
+        if self.dynsec is not None:
+            await self.dynsec.stop()
         await self.broker.stop()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.rejections.flush()  # the last ones, closing connections' too
         await asyncio.to_thread(self.hooks.close)
 
     async def websocket(self, websocket: WebSocket) -> None:

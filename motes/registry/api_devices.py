@@ -6,6 +6,7 @@ POST /api/v1/devices/bulk (text/csv)                                    -> 201, 
 GET|PATCH|DELETE /api/v1/devices/{device}
 POST|DELETE /api/v1/devices/{device}/key                                -> rotate / revoke
 GET /api/v1/devices/{device}/status-history?limit=&before=
+GET /api/v1/devices/{device}/rejections?limit=&before=                  -> refused MQTT messages
 GET|POST /api/v1/channels   GET|PATCH|DELETE /api/v1/channels/{channel}
 GET /api/v1/channels/{channel}/devices   PUT|DELETE /api/v1/channels/{channel}/devices/{device}
 POST /api/v1/channels/{channel}/messages[/{subtopic...}]
@@ -46,6 +47,9 @@ from motes.registry.schemas import (
     DeviceQuery,
     DeviceUpdate,
     OrgQuery,
+    RejectionList,
+    RejectionOut,
+    RejectionQuery,
     StatusChangeOut,
     StatusHistory,
     StatusHistoryQuery,
@@ -406,6 +410,36 @@ async def status_history(request: Request) -> Response:
     return dump(out)
 
 
+@operation(
+    "Messages refused from or for a device (bad payloads, forbidden topics), newest first",
+    ["devices"],
+    query=RejectionQuery,
+    responses={200: RejectionList},
+    description="The newest 1000 per device are kept; they appear within about 2 seconds.",
+)
+async def rejections(request: Request) -> Response:
+    principal = authenticate(request)
+    org = resolve_org(request, principal)
+    device_id = request.path_params["device"]
+    if not (principal.kind == "device" and principal.id == device_id):
+        need(principal, "read", "devices", device_id)
+    registry = request.app.state.registry
+    await run_in_threadpool(registry.devices.get, org.id, device_id)  # 404 before any 400
+    query = parse_query(request, RejectionQuery)
+    found = await run_in_threadpool(
+        registry.rejections.list, org.id, device_id, query.limit, query.before
+    )
+    out = RejectionList(
+        rejections=[
+            RejectionOut(
+                id=x.id, time=iso(x.at_ns), transport=x.transport, topic=x.topic, error=x.error
+            )
+            for x in found
+        ]
+    )
+    return dump(out)
+
+
 # -- channels ---------------------------------------------------------------------------------
 
 
@@ -616,6 +650,7 @@ routes = [
     Route(DEVICE + "/key", rotate_key, methods=["POST"]),
     Route(DEVICE + "/key", revoke_key, methods=["DELETE"]),
     Route(DEVICE + "/status-history", status_history, methods=["GET"]),
+    Route(DEVICE + "/rejections", rejections, methods=["GET"]),
     Route("/api/v1/channels", list_channels, methods=["GET"]),
     Route("/api/v1/channels", create_channel, methods=["POST"]),
     Route(CHANNEL, get_channel, methods=["GET"]),

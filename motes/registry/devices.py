@@ -10,15 +10,16 @@ devices.sweep_status()                                      # every few seconds
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from motes.registry import status
+from motes.registry import rejections, status
 from motes.registry.common import (
     SYSTEM,
     Actor,
@@ -51,6 +52,8 @@ KEY_PREFIX = "mdk_"
 MAX_TAGS = 64
 MAX_METADATA_BYTES = 16 * 1024
 
+log = logging.getLogger("motes.registry")
+
 
 @dataclass(frozen=True)
 class DeviceSpec:
@@ -61,6 +64,19 @@ class DeviceSpec:
     bucket_id: str | None = None
     permissions: tuple[str, ...] = ()
     expected_interval_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """A committed change others may mirror: ``kind`` is created, key (rotated), key-revoked,
+    disabled, enabled, deleted, connected or disconnected (``channel``). ``key`` is the new
+    key (created, key): the only moment it exists outside the device."""
+
+    kind: str
+    org_id: str
+    device_id: str
+    key: str | None = None
+    channel: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +175,20 @@ class Devices:
         self._seen: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._attributes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._listeners: list[Callable[[DeviceEvent], None]] = []
+
+    def listen(self, callback: Callable[[DeviceEvent], None]) -> None:
+        """Call ``callback`` after each committed change of a device's credentials, state or
+        channels (mirrors such as Mosquitto's dynamic security follow them)."""
+        self._listeners.append(callback)
+
+    def _emit(self, kind: str, org_id: str, device_id: str, **more: Any) -> None:
+        event = DeviceEvent(kind, org_id, device_id, **more)
+        for callback in self._listeners:
+            try:
+                callback(event)
+            except Exception:  # a mirror's failure must not fail the change itself
+                log.exception("device event listener failed")
 
     # -- provisioning -----------------------------------------------------------------
 
@@ -229,6 +259,8 @@ class Devices:
         created = [self.get(org_id, str(row["id"])) for row in rows]
         with self._lock:
             self._known.update((org_id, d.id) for d in created)
+        for device, key in zip(created, keys, strict=True):
+            self._emit("created", org_id, device.id, key=key)
         return list(zip(created, keys, strict=True))
 
     def get(self, org_id: str, device_id: str) -> Device:
@@ -311,6 +343,8 @@ class Devices:
                     seen = self._seen.get((org_id, device_id))
                     status.refresh(conn, org_id, device_id, seen, now_ns(), status.INTERVAL_CHANGED)
             self._cache.clear()
+            if "disabled" in values:
+                self._emit("disabled" if values["disabled"] else "enabled", org_id, device_id)
         return self.get(org_id, device_id)
 
     def delete(self, org_id: str, device_id: str, actor: Actor) -> None:
@@ -336,20 +370,24 @@ class Devices:
                 )
             )
             status.forget_device(conn, org_id, device_id)
+            rejections.forget_device(conn, org_id, device_id)
             audit(conn, actor, org_id, "device.delete", f"device:{device_id}")
         with self._lock:
             self._known.discard((org_id, device_id))
             self._seen.pop((org_id, device_id), None)
             self._attributes.pop((org_id, device_id), None)
         self._cache.clear()
+        self._emit("deleted", org_id, device_id)
 
     def rotate_key(self, org_id: str, device_id: str, actor: Actor) -> str:
         key = new_secret(KEY_PREFIX)
         self._set_key(org_id, device_id, actor, key, "device.key_rotate")
+        self._emit("key", org_id, device_id, key=key)
         return key
 
     def revoke_key(self, org_id: str, device_id: str, actor: Actor) -> None:
         self._set_key(org_id, device_id, actor, None, "device.key_revoke")
+        self._emit("key-revoked", org_id, device_id)
 
     def _set_key(
         self, org_id: str, device_id: str, actor: Actor, key: str | None, action: str
@@ -609,6 +647,12 @@ class Devices:
         return self.channel(org_id, channel_id)
 
     def delete_channel(self, org_id: str, channel_id: str, actor: Actor) -> None:
+        members = self.channel_devices(org_id, channel_id)
+        self._delete_channel(org_id, channel_id, actor)
+        for device_id in members:
+            self._emit("disconnected", org_id, device_id, channel=channel_id)
+
+    def _delete_channel(self, org_id: str, channel_id: str, actor: Actor) -> None:
         with self.engine.begin() as conn:
             gone = conn.execute(
                 channels.delete().where(channels.c.org_id == org_id, channels.c.id == channel_id)
@@ -634,6 +678,7 @@ class Devices:
                 )
             )
             audit(conn, actor, org_id, "channel.connect", f"channel:{channel_id}", device=device_id)
+        self._emit("connected", org_id, device_id, channel=channel_id)
 
     def disconnect(self, org_id: str, channel_id: str, device_id: str, actor: Actor) -> None:
         self.channel(org_id, channel_id)
@@ -650,6 +695,7 @@ class Devices:
             audit(
                 conn, actor, org_id, "channel.disconnect", f"channel:{channel_id}", device=device_id
             )
+        self._emit("disconnected", org_id, device_id, channel=channel_id)
 
     def channel_devices(self, org_id: str, channel_id: str) -> list[str]:
         self.channel(org_id, channel_id)

@@ -271,6 +271,22 @@ class StatusHistoryQuery(OrgQuery):
     )
 
 
+class RejectionOut(ApiModel):
+    id: int
+    time: str | None
+    transport: str = Field(description='how it came: "mqtt"')
+    topic: str
+    error: str = Field(description="what was wrong (at most 1000 characters)")
+
+
+class RejectionList(ApiModel):
+    rejections: list[RejectionOut]
+
+
+class RejectionQuery(StatusHistoryQuery):
+    """``?limit=&before=``: the newest refusals, or those older than an entry id."""
+
+
 class CommandCreate(ApiModel):
     name: str = Field(min_length=1, max_length=128, pattern=COMMAND_NAME_PATTERN)
     params: Any = Field(default_factory=dict, description="any JSON, at most 64 KiB")

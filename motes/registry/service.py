@@ -5,6 +5,7 @@ token = registry.bootstrap("main", "telemetry", None)   # printed once if genera
 principal = registry.authenticate("token", token)
 registry.devices.create(...); registry.users.add(...); registry.tokens.create(...)
 registry.commands.create(...)                            # commands for devices
+registry.rejections.list(org_id, device_id)              # MQTT messages refused
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from motes.registry.models import (
     Principal,
     Unauthorized,
 )
+from motes.registry.rejections import Rejections
 from motes.registry.secrets import Secrets
 from motes.registry.sessions import Sessions
 from motes.registry.tables import audit_log, buckets, measurement_schemas, memberships, orgs
@@ -90,6 +92,7 @@ class Registry:
         )
         self.devices = Devices(engine, self.credentials)
         self.commands = Commands(engine)
+        self.rejections = Rejections(engine)
         self.secrets = Secrets(engine, SecretBox(derive(master, "secrets")))
         self._schema_cache: dict[tuple[str, str], MeasurementSchema | None] = {}
         # orgs and buckets are read on every request and change rarely; this process is

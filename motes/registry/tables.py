@@ -177,6 +177,27 @@ device_status_history = sa.Table(
     sa.Index("ix_device_status_history", "org_id", "device_id", "at_ns"),
 )
 
+# MQTT messages the platform refused, for the device's owner (motes/registry/rejections.py);
+# device_id is NULL for refusals of token and user connections. SQLite autoincrements only
+# an INTEGER primary key, which is 64-bit there anyway
+device_rejections = sa.Table(
+    "device_rejections",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("org_id", sa.String(32), nullable=False),
+    sa.Column("device_id", sa.String(256)),
+    sa.Column("at_ns", sa.BigInteger, nullable=False),
+    sa.Column("transport", sa.String(16), nullable=False),
+    sa.Column("topic", sa.String(1024), nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Index("ix_device_rejections", "org_id", "device_id", "id"),
+)
+
 # commands sent to devices (persistent RPC); motes/registry/commands.py has the state machine
 device_commands = sa.Table(
     "device_commands",

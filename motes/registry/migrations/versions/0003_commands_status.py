@@ -3,6 +3,7 @@
 Devices gain an expected reporting interval, their MQTT connection state and a status
 (online, offline, stale) with a history of its changes; commands sent to devices are kept
 with their state, so they survive a restart. Existing devices start offline, not connected.
+MQTT messages the platform refused are kept for their device's owner (device_rejections).
 
 Revision ID: 0003
 Revises: 0002
@@ -64,9 +65,27 @@ def upgrade() -> None:
         ["org_id", "device_id", "state", "created_ns"],
     )
     op.create_index("ix_device_commands_due", "device_commands", ["state", "expires_ns"])
+    op.create_table(
+        "device_rejections",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("org_id", sa.String(32), nullable=False),
+        sa.Column("device_id", sa.String(256)),
+        sa.Column("at_ns", sa.BigInteger, nullable=False),
+        sa.Column("transport", sa.String(16), nullable=False),
+        sa.Column("topic", sa.String(1024), nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+    )
+    op.create_index("ix_device_rejections", "device_rejections", ["org_id", "device_id", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_device_rejections", "device_rejections")
+    op.drop_table("device_rejections")
     op.drop_index("ix_device_commands_due", "device_commands")
     op.drop_index("ix_device_commands", "device_commands")
     op.drop_table("device_commands")
