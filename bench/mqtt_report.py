@@ -174,9 +174,15 @@ def _latency_rows(results: Results) -> list[tuple[str, Cell]]:
             _pair("subscriber_p50_ms", "subscriber_p99_ms", 2),
         ),
         ("samples: PUBACK / query / subscriber", _samples),
+        ("latest-value probe: polls, round trip p50 ms", _probe),
         ("lost (subscriber), all rounds", lambda r: _num(total(r, "subscriber_lost"))),
         ("broker CPU, % of one core", _fig("broker_cpu_pct", 0, 1, " %")),
     ]
+
+
+def _probe(rounds: list[dict[str, Any]]) -> str:
+    polls, rtt = median(rounds, "probe_polls"), median(rounds, "probe_round_trip_p50_ms")
+    return "n/a" if polls is None or rtt is None else f"{polls:,.0f}, {rtt:.2f}"
 
 
 def _samples(rounds: list[dict[str, Any]]) -> str:

@@ -3,6 +3,8 @@ paho clients, and the registry's store of them on every engine."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +15,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from motes.mqtt.platform import Rejection as Refused
+from motes.mqtt.rejections import RejectionBuffer
 from motes.registry.common import SYSTEM
 from motes.registry.devices import DeviceSpec
 from motes.registry.rejections import KEEP, MAX_ERROR, MAX_TOPIC
@@ -103,6 +107,35 @@ def test_deleting_a_device_deletes_its_rejections(registry: Registry) -> None:
     registry.devices.delete(org, "gone", SYSTEM)
     assert registry.rejections.list(org, "gone") == []
     assert len(registry.rejections.list(org, "stays")) == 1
+
+
+# -- the buffer between the event loop and the registry -------------------------------------
+
+
+def test_the_buffer_keeps_the_newest_and_retries_a_failed_write(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    written: list[tuple[Any, ...]] = []
+    down = True
+
+    def record(items: list[tuple[Any, ...]]) -> None:
+        if down:
+            raise RuntimeError("database is down")
+        written.extend(items)
+
+    buffer = RejectionBuffer(record, limit=3)
+    for n in range(5):
+        buffer.add(Refused(n, "org1", "gh-1", f"devices/gh-1/telemetry/{n}", "bad"))
+    with caplog.at_level(logging.WARNING, "motes.mqtt"):
+        asyncio.run(buffer.flush())  # fails: kept for the next flush
+    assert "2 refused MQTT messages were not recorded" in caplog.text
+    down = False
+    asyncio.run(buffer.flush())
+    assert [(i[0], i[1], i[2], i[3]) for i in written] == [
+        ("org1", "gh-1", n, "mqtt") for n in (2, 3, 4)
+    ]
+    asyncio.run(buffer.flush())  # nothing left
+    assert len(written) == 3
 
 
 # -- a real server --------------------------------------------------------------------------

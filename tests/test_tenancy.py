@@ -179,6 +179,7 @@ class Tenant:
             "command id": self.command_id,
             "command name": f"cmd-{m}",
             "command param": f"param-{m}",
+            "rejection": f"refused-{m}",
         }
         for role, user in self.users.items():
             found |= {f"{role} id": user["id"], f"{role} email": user["email"]}
@@ -252,6 +253,13 @@ def make_tenant(c: TestClient, mark: str, number: float, sign_in_all: bool) -> T
     return t
 
 
+def refuse_mqtt(app: Starlette, t: Tenant) -> None:
+    """A refused MQTT publish of the tenant's device, as the broker records it."""
+    topic = f"devices/{t.device_id}/telemetry"
+    item = (t.org_id, t.device_id, time.time_ns(), "mqtt", topic, f"refused-{t.mark}")
+    app.state.registry.rejections.record([item])
+
+
 def write_telemetry(c: TestClient, t: Tenant) -> None:
     """Data through every write path: the device's key, line protocol v2 and v1, a channel."""
     m, thing = t.mark, {"Authorization": f"Thing {t.device_key}"}
@@ -297,6 +305,7 @@ def snapshot(c: TestClient, app: Starlette, t: Tenant) -> dict[str, Any]:
         state[f"device {d['id']}"] = get(f"/api/v1/devices/{d['id']}")
         state[f"commands {d['id']}"] = get(f"/api/v1/devices/{d['id']}/commands")
         state[f"status {d['id']}"] = get(f"/api/v1/devices/{d['id']}/status-history")
+        state[f"rejections {d['id']}"] = get(f"/api/v1/devices/{d['id']}/rejections")
     for ch in state["channels"]["channels"]:
         state[f"channel {ch['id']}"] = get(f"/api/v1/channels/{ch['id']}/devices")
     for b in state["buckets"]["buckets"]:
@@ -327,6 +336,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with TestClient(app) as setup:
         a = make_tenant(setup, "aq4z7", A_NUMBER, sign_in_all=True)
         b = make_tenant(setup, "bx9k2", B_NUMBER, sign_in_all=False)
+        for t in (a, b):
+            refuse_mqtt(app, t)
         principals = {f"{role} JWT": bearer(a.users[role]["jwt"]) for role in ROLES}
         principals["all-access token"] = {"Authorization": f"Token {a.tokens['all']['token']}"}
         principals["scoped token"] = {"Authorization": f"Token {a.tokens['scoped']['token']}"}
@@ -620,6 +631,7 @@ def test_the_foreign_org_is_unchanged(world: World) -> None:
     assert not changed
     assert len(after["users"]["users"]) == len(ROLES)
     assert f"data {world.b.bucket_name} {world.b.measurement}" in after  # there was data to leak
+    assert after[f"rejections {world.b.device_id}"]["rejections"]  # and a refused message
 
 
 def test_no_permission_on_a_foreign_bucket_can_be_granted(world: World) -> None:

@@ -328,10 +328,10 @@ class Connection(asyncio.Protocol):
             if p.qos == 2:
                 session.incoming_qos2.add(p.packet_id)
         allowed = self.broker.hooks.may_publish(self.identity, topic)
-        if inspect.isawaitable(allowed):
-            self.broker.spawn(self._publish_checked(p, allowed, slot))
-        else:
+        if allowed is True or allowed is False:
             self._publish_allowed(p, allowed, slot)
+        else:
+            self.broker.spawn(self._publish_checked(p, allowed, slot))
 
     def _alias(self, p: pk.Publish) -> str:
         alias = p.properties.pop(pk.TOPIC_ALIAS)
@@ -363,28 +363,21 @@ class Connection(asyncio.Protocol):
             self._refuse(p, slot, pk.NOT_AUTHORIZED, f"not authorized to publish to {p.topic!r}")
             return
         message = self._message(p)
-        stored = self.broker.hooks.on_publish(identity, p)
-        if stored is None:
+
+        def done(code: int, reason: str | None) -> None:
+            self._stored(p, message, slot, code, reason)
+
+        if not self.broker.hooks.on_publish(identity, p, done):
             routed = self.broker.publish(identity.mount, message)
             if slot is not None:
                 self._ready(
                     slot, 0 if routed or self.version < 5 else pk.NO_MATCHING_SUBSCRIBERS, None
                 )
             return
-        future = asyncio.ensure_future(stored)
-        future.add_done_callback(lambda f: self._stored(p, message, slot, f))
 
     def _stored(
-        self, p: pk.Publish, message: Message, slot: _Slot | None,
-        future: asyncio.Future[tuple[int, str | None]],
-    ) -> None:  # fmt: skip
-        exc = future.exception()
-        reason: str | None
-        if exc is not None:
-            log.error("MQTT store of a publish failed: %r", exc)
-            code, reason = pk.IMPLEMENTATION_SPECIFIC_ERROR, "the message could not be stored"
-        else:
-            code, reason = future.result()
+        self, p: pk.Publish, message: Message, slot: _Slot | None, code: int, reason: str | None
+    ) -> None:
         if code < 0x80:
             assert self.identity is not None
             self.broker.publish(self.identity.mount, message)

@@ -202,20 +202,17 @@ class ExternalBroker:
             )
             self._done(slot, True)
             return
-        stored = self.hooks.on_publish(identity, p)
-        if stored is None:
-            self._done(slot, True)
-            return
-        future = asyncio.ensure_future(stored)
         writer = self._writer
-        future.add_done_callback(lambda f: self._stored(f, slot, writer))
 
-    def _stored(
-        self, future: asyncio.Future[tuple[int, str | None]], slot: list[Any] | None, writer: Any
-    ) -> None:
+        def done(code: int, reason: str | None) -> None:
+            self._stored(code, slot, writer)
+
+        if not self.hooks.on_publish(identity, p, done):
+            self._done(slot, True)
+
+    def _stored(self, code: int, slot: list[Any] | None, writer: Any) -> None:
         if writer is not self._writer:
             return  # that connection is gone; the broker sends the message again
-        code = pk.IMPLEMENTATION_SPECIFIC_ERROR if future.exception() else future.result()[0]
         if code in (pk.UNSPECIFIED_ERROR, pk.IMPLEMENTATION_SPECIFIC_ERROR):
             log.error(
                 "external MQTT: a message could not be stored; reconnecting so it comes again"

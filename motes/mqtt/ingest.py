@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from motes.registry.models import Bucket
@@ -41,14 +42,19 @@ class Outcome:
         return self.failure is not None or (not self.written and bool(self.errors))
 
 
-@dataclass
+#: the outcome of most publishes (every point stored, no device record): shared, not built
+STORED = Outcome(1, [])
+Callback = Callable[[Outcome], None]
+
+
+@dataclass(slots=True)
 class _Item:
     device: str | None
     payload: bytes
     content_type: str
     extra: dict[str, str] | None
     measurement: str
-    future: asyncio.Future[Outcome]
+    callback: Callback
     decoded: Decoded | None = None
 
 
@@ -72,18 +78,32 @@ class Ingest:
         device: str | None,
         payload: bytes,
         content_type: str,
+        callback: Callback,
         extra: dict[str, str] | None = None,
         measurement: str = "telemetry",
-    ) -> asyncio.Future[Outcome]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outcome] = loop.create_future()
+    ) -> None:
+        """Queue a payload; ``callback(outcome)`` runs on the event loop once it is durable
+        (or refused). No future per message: at tens of thousands a second they cost."""
         batch = self._pending.get(bucket.id)
         if batch is None:
             batch = self._pending[bucket.id] = _Batch(bucket)
-        batch.items.append(_Item(device, payload, content_type, extra, measurement, future))
+        batch.items.append(_Item(device, payload, content_type, extra, measurement, callback))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def store(
+        self,
+        bucket: Bucket,
+        device: str | None,
+        payload: bytes,
+        content_type: str,
+        extra: dict[str, str] | None = None,
+        measurement: str = "telemetry",
+    ) -> asyncio.Future[Outcome]:
+        """:meth:`submit` for coroutines: a future of the outcome."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.submit(bucket, device, payload, content_type, future.set_result, extra, measurement)
         return future
 
     def _flush(self) -> None:
@@ -173,20 +193,29 @@ class Ingest:
     def _resolve(
         self,
         batch: _Batch,
-        outcome: WriteOutcome | None,
+        written: WriteOutcome | None,
         failure: str | None,
         batch_errors: list[PointError] | None = None,
     ) -> None:
-        shared = batch_errors or []
+        shared = batch_errors or []  # errors of the write itself: reported with the first
         for n, item in enumerate(batch.items):
-            if item.future.done():
-                continue
-            decoded = item.decoded or Decoded()
-            points = decoded.point_count
-            errors = list(decoded.errors) + (shared if n == 0 else [])
-            item.future.set_result(
-                Outcome(points if failure is None else 0, errors, decoded.attributes, failure)
-            )
+            decoded = item.decoded
+            outcome: Outcome
+            if failure is None and (n or not shared) and decoded is not None:
+                if not decoded.errors and decoded.attributes is None:
+                    outcome = STORED
+                else:
+                    errors = list(decoded.errors)
+                    outcome = Outcome(decoded.point_count, errors, decoded.attributes)
+            else:
+                decoded = decoded or Decoded()
+                errors = list(decoded.errors) + (shared if n == 0 else [])
+                points = decoded.point_count if failure is None else 0
+                outcome = Outcome(points, errors, decoded.attributes, failure)
+            try:
+                item.callback(outcome)
+            except Exception:  # one broken callback must not keep the others waiting
+                log.exception("an MQTT publish's completion failed")
 
 
 def _decode_one(item: _Item) -> Decoded:

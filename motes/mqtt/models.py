@@ -104,13 +104,6 @@ class Session:
         return self.connection is None and now - self.disconnected_at >= self.expiry_seconds
 
 
-class Stored(Protocol):
-    """What ``Hooks.on_publish`` answers for a publish the platform takes: an awaitable
-    resolving to an MQTT 5 reason code (0 = durable) and an optional reason string."""
-
-    def __await__(self) -> Any: ...
-
-
 class Hooks(Protocol):
     """The platform side of the broker (Motes: motes/mqtt/platform.py)."""
 
@@ -121,10 +114,11 @@ class Hooks(Protocol):
     def may_subscribe(self, identity: Identity, topic_filter: str) -> bool | Awaitable[bool]: ...
 
     def on_publish(
-        self, identity: Identity, publish: Publish
-    ) -> Awaitable[tuple[int, str | None]] | None:
-        """None: plain pub/sub. An awaitable: the publish is acknowledged (and routed)
-        only once it resolves to reason code 0 (durable) or an error code."""
+        self, identity: Identity, publish: Publish, done: Callable[[int, str | None], None]
+    ) -> bool:
+        """False: plain pub/sub. True: the platform stores it and calls ``done(code,
+        reason)``; the publish is acknowledged (and routed) only then, with code 0 once
+        durable or an error code."""
 
     def on_denied(self, identity: Identity, topic: str, reason: str) -> None: ...
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import orjson
 
 from motes.mqtt import packets as pk
-from motes.mqtt.ingest import Ingest, Outcome
+from motes.mqtt.ingest import STORED, Ingest, Outcome
 from motes.mqtt.models import Identity, Message, Refused, Session
 from motes.mqtt.topics import matches
 from motes.registry.models import (
@@ -54,6 +54,7 @@ FORMATS = {
     "cbor": "application/senml+cbor",
 }
 CHANNEL_CACHE_SECONDS = 5.0
+Done = Callable[[int, str | None], None]
 MESSAGES_MEASUREMENT = "messages"
 
 
@@ -200,27 +201,29 @@ class MotesHooks:
 
     # -- stored topics --------------------------------------------------------------------
 
-    def on_publish(
-        self, identity: Identity, publish: pk.Publish
-    ) -> Awaitable[tuple[int, str | None]] | None:
+    def on_publish(self, identity: Identity, publish: pk.Publish, done: Done) -> bool:
+        """Take a publish that is stored before it is acknowledged: True, and ``done(code,
+        reason)`` is called once it is durable (code 0) or refused. False: plain pub/sub."""
         parts = publish.topic.split("/")
         if parts[0] == "devices":
             kind = parts[2]
             if kind == "telemetry" and len(parts) <= 4:
-                return self._telemetry(identity, parts[1], parts[3:], publish)
-            if kind == "attributes" and len(parts) == 3:
-                return self._task(self._attributes(identity, parts[1], publish))
-            if kind == "commands":
-                return self._task(self._response(identity, parts[1], parts[3], publish))
-            return None
+                self._telemetry(identity, parts[1], parts[3:], publish, done)
+            elif kind == "attributes" and len(parts) == 3:
+                self._run(self._attributes(identity, parts[1], publish), done)
+            elif kind == "commands":
+                self._run(self._response(identity, parts[1], parts[3], publish), done)
+            else:
+                return False
+            return True
         if parts[0] == "channels":
-            return self._task(self._channel_message(identity, parts[1], parts[3:], publish))
-        return None
+            self._run(self._channel_message(identity, parts[1], parts[3:], publish), done)
+            return True
+        return False
 
-    def _task(self, coro: Any) -> asyncio.Future[tuple[int, str | None]]:
+    def _run(self, coro: Coroutine[Any, Any, tuple[int, str | None]], done: Done) -> None:
         assert self.broker is not None
-        task: asyncio.Future[tuple[int, str | None]] = self.broker.spawn(coro)
-        return task
+        self.broker.spawn(coro).add_done_callback(lambda task: _finish(task, done))
 
     def _content_type(self, publish: pk.Publish, suffix: list[str]) -> str | None:
         if suffix:
@@ -237,25 +240,27 @@ class MotesHooks:
         return "text/plain"
 
     def _telemetry(
-        self, identity: Identity, device: str, suffix: list[str], publish: pk.Publish
-    ) -> Awaitable[tuple[int, str | None]]:
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[tuple[int, str | None]] = loop.create_future()
+        self, identity: Identity, device: str, suffix: list[str], publish: pk.Publish, done: Done
+    ) -> None:
         content_type = self._content_type(publish, suffix)
         if content_type is None:
             text = f"unknown format {suffix[0]!r}: use one of {', '.join(FORMATS)}"
             self.reject(identity, device, publish.topic, text)
-            result.set_result((pk.TOPIC_NAME_INVALID, text))
-            return result
+            done(pk.TOPIC_NAME_INVALID, text)
+            return
         client: Client = identity.context
         bucket = client.bucket
         if bucket is None:  # a token writes for a device: into the org's default bucket
-            return self._task(self._telemetry_for(identity, device, content_type, publish))
-        stored = self.ingest.submit(bucket, device, publish.payload, content_type)
-        stored.add_done_callback(
-            lambda f: self._telemetry_done(identity, device, bucket, publish.topic, f, result)
+            self._run(self._telemetry_for(identity, device, content_type, publish), done)
+            return
+        topic = publish.topic
+        self.ingest.submit(
+            bucket,
+            device,
+            publish.payload,
+            content_type,
+            lambda outcome: self._telemetry_done(identity, device, bucket, topic, outcome, done),
         )
-        return result
 
     async def _telemetry_for(
         self, identity: Identity, device: str, content_type: str, publish: pk.Publish
@@ -266,7 +271,7 @@ class MotesHooks:
             text = f'may not write bucket "{bucket.name}"'
             self.reject(identity, device, publish.topic, text)
             return pk.NOT_AUTHORIZED, text
-        outcome = await self.ingest.submit(bucket, device, publish.payload, content_type)
+        outcome = await self.ingest.store(bucket, device, publish.payload, content_type)
         return await self._settle(identity, device, bucket, publish.topic, outcome)
 
     def _telemetry_done(
@@ -275,23 +280,15 @@ class MotesHooks:
         device: str,
         bucket: Bucket,
         topic: str,
-        stored: asyncio.Future[Outcome],
-        result: asyncio.Future[tuple[int, str | None]],
+        outcome: Outcome,
+        done: Done,
     ) -> None:
-        outcome = stored.result()
         devices = self.registry.devices
-        if (
-            outcome.attributes is None
-            and not outcome.rejected
-            and devices.known(identity.mount, device)
-        ):
+        if outcome is STORED and devices.known(identity.mount, device):
             devices.touch(identity.mount, device, bucket.id)  # the common case: no thread hop
-            if outcome.errors:
-                self._report(identity, device, topic, outcome)
-            result.set_result((0, None))
+            done(0, None)
             return
-        task = self._task(self._settle(identity, device, bucket, topic, outcome))
-        task.add_done_callback(lambda t: _chain(t, result))
+        self._run(self._settle(identity, device, bucket, topic, outcome), done)
 
     async def _settle(
         self, identity: Identity, device: str, bucket: Bucket, topic: str, outcome: Outcome
@@ -380,7 +377,7 @@ class MotesHooks:
         if subtopic:
             extra["subtopic"] = ".".join(subtopic)
         content_type = self._content_type(publish, []) or "application/senml+json"
-        outcome = await self.ingest.submit(
+        outcome = await self.ingest.store(
             bucket, identity.device, publish.payload, content_type, extra, MESSAGES_MEASUREMENT
         )
         if outcome.failure is not None:
@@ -479,12 +476,13 @@ class MotesHooks:
         loop.call_soon_threadsafe(self.push_command, command)
 
 
-def _chain(done: asyncio.Future[Any], result: asyncio.Future[Any]) -> None:
-    exc = done.exception()
-    if exc is not None:
-        result.set_exception(exc)
+def _finish(task: asyncio.Task[tuple[int, str | None]], done: Done) -> None:
+    if task.cancelled() or task.exception() is not None:
+        if not task.cancelled():
+            log.error("storing an MQTT publish failed: %r", task.exception())
+        done(pk.IMPLEMENTATION_SPECIFIC_ERROR, "the message could not be stored")
     else:
-        result.set_result(done.result())
+        done(*task.result())
 
 
 def _covers_commands(topic_filter: str, device: str) -> bool:
