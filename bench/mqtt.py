@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="scenarios in which a counting subscriber (operator token) also runs on Motes",
     )
     add("--mosquitto-max-queued", type=int, default=0, help="max_queued_messages (0: no limit)")
-    add("--mosquitto-max-inflight", type=int, default=0, help="max_inflight_messages (0: none)")
+    add("--mosquitto-max-inflight", type=int, default=20, help="max_inflight_messages (20)")
     add("--venv", default=str(mqtt_brokers.VENV), help="virtualenv of amqtt and mqttools")
     add("--quick", action="store_true", help="smoke run: 1 round, small loads")
     add("--json", action="store_true", help="print the results as JSON instead of tables")

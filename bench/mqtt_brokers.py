@@ -138,7 +138,7 @@ def mosquitto_conf(port: int, max_queued: int, max_inflight: int) -> str:
             "persistence false",
             "max_connections -1",
             # defaults 1000 and 20: with 1000 a QoS 1 subscriber that falls 1,000 messages
-            # behind loses messages; 0 = no limit
+            # behind loses messages (99 % of them in this benchmark); 0 = no limit
             f"max_queued_messages {max_queued}",
             f"max_inflight_messages {max_inflight}",
             "log_dest stderr",
@@ -153,7 +153,7 @@ def mosquitto_conf(port: int, max_queued: int, max_inflight: int) -> str:
 class Mosquitto(Broker):
     name = "mosquitto"
 
-    def __init__(self, max_queued: int = 0, max_inflight: int = 0) -> None:
+    def __init__(self, max_queued: int = 0, max_inflight: int = 20) -> None:
         super().__init__()
         if not os.path.exists(MOSQUITTO):
             raise Unavailable(f"{MOSQUITTO} not found")

@@ -160,6 +160,10 @@ class Broker:
 
     # -- routing --------------------------------------------------------------------------
 
+    def has_subscribers(self, mount: str, topic: str) -> bool:
+        plain, shared = self.tree.match(self.internal(mount, topic))
+        return bool(plain or shared)
+
     def publish(self, mount: str, message: Message) -> int:
         """Route a message to the subscribers of its topic in ``mount``; keep it if retained.
         Answers how many sessions got it."""

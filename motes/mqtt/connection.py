@@ -362,13 +362,13 @@ class Connection(asyncio.Protocol):
             self.broker.hooks.on_denied(identity, p.topic, "not authorized to publish here")
             self._refuse(p, slot, pk.NOT_AUTHORIZED, f"not authorized to publish to {p.topic!r}")
             return
-        message = self._message(p)
+        received = monotonic() if pk.MESSAGE_EXPIRY in p.properties else 0.0
 
         def done(code: int, reason: str | None) -> None:
-            self._stored(p, message, slot, code, reason)
+            self._stored(p, received, slot, code, reason)
 
         if not self.broker.hooks.on_publish(identity, p, done):
-            routed = self.broker.publish(identity.mount, message)
+            routed = self.broker.publish(identity.mount, self._message(p, received))
             if slot is not None:
                 self._ready(
                     slot, 0 if routed or self.version < 5 else pk.NO_MATCHING_SUBSCRIBERS, None
@@ -376,11 +376,14 @@ class Connection(asyncio.Protocol):
             return
 
     def _stored(
-        self, p: pk.Publish, message: Message, slot: _Slot | None, code: int, reason: str | None
+        self, p: pk.Publish, received: float, slot: _Slot | None, code: int, reason: str | None
     ) -> None:
         if code < 0x80:
-            assert self.identity is not None
-            self.broker.publish(self.identity.mount, message)
+            mount = self.session.identity.mount if self.session else ""
+            broker = self.broker
+            # most telemetry has no subscriber: no message object, no routing
+            if p.retain or broker.has_subscribers(mount, p.topic):
+                broker.publish(mount, self._message(p, received))
             if slot is not None:
                 self._ready(slot, code, reason)
         elif code in SERVER_FAILURES and self.version < 5:
@@ -399,12 +402,12 @@ class Connection(asyncio.Protocol):
         # the device's owner sees it), or the client would resend the same message forever
         self._ready(slot, code if self.version == 5 else 0, reason)
 
-    def _message(self, p: pk.Publish) -> Message:
+    def _message(self, p: pk.Publish, received: float) -> Message:
         props = p.properties
         expires = None
         forwarded = {k: props[k] for k in _FORWARDED if k in props} if props else {}
         if pk.MESSAGE_EXPIRY in props:
-            expires = monotonic() + props[pk.MESSAGE_EXPIRY]
+            expires = received + props[pk.MESSAGE_EXPIRY]
         assert self.session is not None
         return Message(p.topic, p.payload, p.qos, p.retain, forwarded, expires, self.session.key)
 

@@ -439,6 +439,22 @@ def decode_publish(flags: int, body: bytes, version: int) -> Publish:
     dup = bool(flags & 0x08)
     if dup and qos == 0:
         raise MalformedPacket("PUBLISH with DUP set at QoS 0")
+    if version < 5 and len(body) >= 2:  # the hot path: no properties, no reader object
+        end = 2 + (body[0] << 8 | body[1])
+        if end + (2 if qos else 0) <= len(body):
+            try:
+                topic = body[2:end].decode()
+            except UnicodeDecodeError:
+                raise MalformedPacket("string is not valid UTF-8") from None
+            if "\x00" in topic:
+                raise MalformedPacket("string contains U+0000")
+            packet_id = 0
+            if qos:
+                packet_id = body[end] << 8 | body[end + 1]
+                if packet_id == 0:
+                    raise MalformedPacket("PUBLISH with packet identifier 0")
+                end += 2
+            return Publish(topic, body[end:], qos, bool(flags & 0x01), dup, packet_id, {})
     r = _Reader(body)
     topic = r.utf8()
     packet_id = 0

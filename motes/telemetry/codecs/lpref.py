@@ -118,9 +118,16 @@ _BOOLEANS = dict.fromkeys(("t", "T", "true", "True", "TRUE"), True) | dict.fromk
 def _reference_points(
     lines: Iterable[tuple[int, bytes | str]], factor: int, device: str | None
 ) -> tuple[col.Points, list[PointError]]:
+    return _reference_points_each(((n, raw, device) for n, raw in lines), factor)
+
+
+def _reference_points_each(
+    lines: Iterable[tuple[int, bytes | str, str | None]], factor: int
+) -> tuple[col.Points, list[PointError]]:
+    """Like :func:`_reference_points`, each line with its own device."""
     builder = col.PointsBuilder()
     errors = []
-    for number, raw in lines:
+    for number, raw, device in lines:
         try:
             line = parse_line(raw, factor, device)
         except Reject as exc:
