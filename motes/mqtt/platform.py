@@ -95,6 +95,7 @@ class MotesHooks:
         self.on_rejection: Callable[[Rejection], None] | None = None
         # status and command bookkeeping in order, off the event loop
         self._ordered = ThreadPoolExecutor(1, thread_name_prefix="motes-mqtt-status")
+        self._status: list[tuple[str, str, bool, str, int]] = []
 
     def close(self) -> None:
         self._ordered.shutdown(wait=True)
@@ -403,7 +404,7 @@ class MotesHooks:
         device = session.identity.device
         if device is None:
             return
-        self._in_order(self._set_connected, session.identity.mount, device, True, "connect")
+        self._set_connected(session.identity.mount, device, True, "connect")
         if any(_covers_commands(s.filter, device) for s in session.subscriptions.values()):
             self._push_pending(session)
 
@@ -416,12 +417,17 @@ class MotesHooks:
         device = session.identity.device
         if device is not None:
             why = "last-will" if will else reason
-            self._in_order(self._set_connected, session.identity.mount, device, False, why)
+            self._set_connected(session.identity.mount, device, False, why)
 
     def _set_connected(self, org_id: str, device: str, connected: bool, reason: str) -> None:
-        setter = getattr(self.registry.devices, "set_connected", None)
-        if setter is not None:
-            setter(org_id, device, connected, reason)
+        """Queue a status event; one thread writes what has queued in one transaction."""
+        self._status.append((org_id, device, connected, reason, time.time_ns()))
+        if len(self._status) == 1:
+            self._in_order(self._write_status)
+
+    def _write_status(self) -> None:
+        events, self._status = self._status, []
+        self.registry.devices.set_connected_many(events)
 
     def _in_order(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()

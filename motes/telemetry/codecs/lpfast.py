@@ -7,7 +7,9 @@ the same assembly, so the result is identical to :func:`.lineprotocol.decode_ref
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -18,11 +20,11 @@ from motes.telemetry.codecs import columns as col
 from motes.telemetry.codecs.columns import INT64_MAX, Bools, Ints, Reject
 from motes.telemetry.codecs.lpref import (
     _SERIES_CACHE,
-    _reference_points,
+    _reference_points_each,
     assemble,
     parse_series_key,
 )
-from motes.telemetry.models import Decoded
+from motes.telemetry.models import Decoded, PointError
 
 # -- fast path --------------------------------------------------------------------------------
 # A line is "simple" when this RE2 pattern proves its syntax: no escapes, no strings, single
@@ -44,33 +46,57 @@ _MAX_DIGITS = {col.INTEGER: 18, col.UNSIGNED: 19}  # always in range, so cast ca
 
 def decode_fast(text: str, factor: int, device: str | None) -> Decoded:
     """Simple lines as arrays, the others through the reference parser."""
+    parts, errors = fast_points(text, factor, [device])
+    return assemble(parts, errors)
+
+
+def fast_points(
+    text: str, factor: int, devices: Sequence[str | None], line_device: Ints | None = None
+) -> tuple[list[col.Points], list[PointError]]:
+    """The points of ``text`` (to be assembled) and its bad lines, in line order.
+
+    Line ``n`` belongs to ``devices[line_device[n - 1]]``; without ``line_device`` every
+    line to ``devices[0]``.
+    """
     lines = stripped = pc.split_pattern(pa.array([text]), "\n").flatten()
     if "\r" in text:
         stripped = pc.replace_substring_regex(lines, "\r$", "", max_replacements=1)
     simple = pc.match_substring_regex(stripped, _SIMPLE_LINE).to_numpy(zero_copy_only=False)
     numbers = np.flatnonzero(simple) + 1
     simple_lines = stripped.filter(pa.array(simple))
-    points, fallback = _fast_points(simple_lines, numbers, factor, device)
+    simple_device = None if line_device is None else line_device[numbers - 1]
+    points, fallback = _fast_points(simple_lines, numbers, factor, devices, simple_device)
     if fallback.any():
         points = points.take_rows(~fallback)
     others = np.sort(np.concatenate([np.flatnonzero(~simple), numbers[fallback] - 1]))
-    # The reference parser gets the lines as sent (it strips "\r" itself).
+    others = others[np.diff(_offsets(lines))[others] > 0]  # empty lines hold nothing
     if not len(others):
-        return assemble([points], [])
-    leftovers = zip((others + 1).tolist(), lines.take(pa.array(others)).to_pylist(), strict=True)
-    reference, errors = _reference_points(leftovers, factor, device)
-    return assemble([points, reference], errors)
+        return [points], []
+    # The reference parser gets the lines as sent (it strips "\r" itself).
+    raw = lines.take(pa.array(others)).to_pylist()
+    if line_device is None:
+        leftovers = zip((others + 1).tolist(), raw, repeat(devices[0]))
+    else:
+        owners = [devices[d] for d in line_device[others].tolist()]
+        leftovers = zip((others + 1).tolist(), raw, owners, strict=True)
+    reference, errors = _reference_points_each(leftovers, factor)
+    return [points, reference], errors
 
 
 def _fast_points(
-    lines: pa.StringArray, numbers: Ints, factor: int, device: str | None
+    lines: pa.StringArray,
+    numbers: Ints,
+    factor: int,
+    devices: Sequence[str | None],
+    line_device: Ints | None,
 ) -> tuple[col.Points, Bools]:
     """Points of simple lines, and the rows the reference parser must redo."""
     parts = pc.split_pattern(lines, " ")  # series key, field set[, timestamp]
     starts = _offsets(parts)[:-1]
     flat = parts.values
     fallback = np.zeros(len(lines), bool)
-    series, series_names = _series(flat.take(pa.array(starts)), device, fallback)
+    keys = flat.take(pa.array(starts))
+    series, series_names = _series(keys, devices, line_device, fallback)
     has_time = np.diff(_offsets(parts)) == 3
     time = _times(flat.take(pa.array(starts[has_time] + 2)), factor, has_time, fallback)
     row, key, keys, pos, values = _field_pairs(flat.take(pa.array(starts + 1)))
@@ -88,21 +114,34 @@ def _offsets(array: pa.Array) -> Ints:
 
 
 def _series(
-    keys: pa.StringArray, device: str | None, fallback: Bools
+    keys: pa.StringArray,
+    devices: Sequence[str | None],
+    line_device: Ints | None,
+    fallback: Bools,
 ) -> tuple[Ints, list[tuple[str, str]]]:
+    """Series per line: each distinct (key, device) pair is parsed once."""
     encoded = pc.dictionary_encode(keys)
+    codes = encoded.indices.to_numpy()
+    dictionary = encoded.dictionary.to_pylist()
+    pairs: list[tuple[str, str | None]]
+    if line_device is None or len(devices) == 1:
+        pairs = [(key, devices[0]) for key in dictionary]
+    else:
+        ndev = len(devices)
+        distinct, codes = np.unique(codes.astype(np.int64) * ndev + line_device, return_inverse=True)
+        pairs = [(dictionary[c // ndev], devices[c % ndev]) for c in distinct.tolist()]
     names: dict[tuple[str, str], int] = {}
-    ids = np.full(len(encoded.dictionary), -1, np.int64)
+    ids = np.full(len(pairs), -1, np.int64)
     cache = _SERIES_CACHE
-    for i, key in enumerate(encoded.dictionary.to_pylist()):
-        found = cache.get((key, device))  # the common case, without a call per key
+    for i, pair in enumerate(pairs):
+        found = cache.get(pair)  # the common case, without a call per key
         if found is None or isinstance(found, str):
             try:
-                found = parse_series_key(key, device)
+                found = parse_series_key(*pair)
             except Reject:
                 continue  # bad keys stay -1: the reference parser says why
         ids[i] = names.setdefault(found, len(names))
-    series = ids[encoded.indices.to_numpy()]
+    series = ids[codes]
     fallback |= series < 0
     return np.maximum(series, 0), list(names)
 
