@@ -40,6 +40,8 @@ class BrokerLimits:
     max_connections: int = 100_000
     max_pending_auth: int = 256
     topic_alias_maximum: int = 64
+    max_subscriptions: int = 1_000  # per session
+    max_retained: int = 100_000  # per org
     sys_interval: float = 10.0
 
 
@@ -223,6 +225,13 @@ class Broker:
 
     def keep_retained(self, mount: str, message: Message) -> None:
         topics = self.retained.setdefault(mount, {})
+        if (
+            message.payload
+            and message.topic not in topics
+            and len(topics) >= self.limits.max_retained
+        ):
+            log.warning("org %s keeps %d retained messages: not keeping more", mount, len(topics))
+            return
         if message.payload:
             kept = Message(
                 message.topic, message.payload, message.qos, True, message.properties,

@@ -254,6 +254,7 @@ class Connection(asyncio.Protocol):
         session = broker.sessions.get(key)
         if session is not None and session.connection is not None:
             session.connection.taken_over()
+            session = broker.sessions.get(key)  # a session that ended with it is gone
         present = session is not None and not packet.clean_start
         if session is not None and not present:
             broker.end_session(key)
@@ -562,7 +563,11 @@ class Connection(asyncio.Protocol):
             return
         codes: list[int] = []
         granted: list[tuple[Subscription, bool]] = []
+        limit = self.broker.limits.max_subscriptions
         for given, options in packet.filters:
+            if given not in session.subscriptions and len(session.subscriptions) >= limit:
+                codes.append(pk.QUOTA_EXCEEDED)  # 0x80 for 3.1.1 clients
+                continue
             code, sub = await self._subscription(given, options, sub_id)
             codes.append(code)
             if sub is not None:
