@@ -548,3 +548,44 @@ def test_acked_qos1_survives_kill_9(tmp_path: Path) -> None:
     lost = {pid for pid in acked if (pid - 1) not in stored}
     assert not lost, f"{len(lost)} acknowledged message(s) lost"
     again.stop()
+
+
+def test_session_takeover_closes_the_first_connection(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    first = client(server, http, "twice")
+    first.connect()
+    second = client(server, http, "twice")
+    assert second.connect()[0] == 0
+    assert first.disconnects.get(timeout=5) == 0x8E  # session taken over
+    assert second.publish("devices/twice/telemetry", "env temp=5") == 0
+    second.close()
+
+
+def test_qos2_delivery_and_shared_subscriptions(server: ServerProcess, http: httpx.Client) -> None:
+    subs = [Paho(server.mqtt_port, f"share-{i}", "ops", "test-operator-token") for i in range(2)]
+    for s in subs:
+        s.connect()
+        assert s.subscribe("$share/workers/devices/share-dev/jobs", qos=2) == [2]
+    exact = Paho(server.mqtt_port, "exact", "ops", "test-operator-token")
+    exact.connect()
+    assert exact.subscribe("devices/share-dev/jobs", qos=2) == [2]
+    dev = client(server, http, "share-dev")
+    dev.connect()
+    for i in range(10):
+        assert dev.publish("devices/share-dev/jobs", f"job-{i}", qos=2) == 0
+    got = [exact.next() for _ in range(10)]
+    assert [g.payload for g in got] == [f"job-{i}".encode() for i in range(10)]
+    assert {g.qos for g in got} == {2}
+    exact.none_within(0.3)  # exactly once
+    shares = [[], []]
+    for n, s in enumerate(subs):
+        while True:
+            try:
+                shares[n].append(s.next(timeout=0.5).payload)
+            except Exception:
+                break
+    assert sorted(shares[0] + shares[1]) == sorted(f"job-{i}".encode() for i in range(10))
+    assert shares[0] and shares[1]  # the group split them
+    for c in (*subs, exact, dev):
+        c.close()
