@@ -75,7 +75,10 @@ class Settings(BaseSettings):
     )
     mqtt_hook_secret: str | None = Field(
         None,
-        description="If set, external brokers' hook calls must send Authorization: Bearer <it>.",
+        description=(
+            "Enables the external-broker auth/ACL hooks; their callers must send "
+            "Authorization: Bearer <secret>."
+        ),
     )
     mqtt_dynsec_url: str | None = Field(
         None,

@@ -18,7 +18,8 @@ Devices sign in with their id and key, as with the embedded broker; the Motes wo
 as ``MOTES_MQTT_SERVICE_USER`` (default ``motes``) with an all-access token and is the only
 superuser. Because an external broker has one topic space for everyone, a device id (or channel
 id) that exists in more than one org is refused here: it would name two devices' topics.
-When ``MOTES_MQTT_HOOK_SECRET`` is set, every call must carry ``Authorization: Bearer <it>``.
+The hooks are off (401) until ``MOTES_MQTT_HOOK_SECRET`` is set; every call must then carry
+``Authorization: Bearer <secret>`` (they answer about every org's device ids).
 """
 
 from __future__ import annotations
@@ -86,9 +87,11 @@ async def _params(request: Request) -> dict[str, Any]:
 
 
 def _trusted(request: Request) -> bool:
+    """Only the broker calls these: they answer about any org's device ids, so they are off
+    (401) until MOTES_MQTT_HOOK_SECRET is set, and then need it."""
     secret = request.app.state.settings.mqtt_hook_secret
     if not secret:
-        return True
+        return False
     given = request.headers.get("authorization", "")
     return hmac.compare_digest(given.encode(), f"Bearer {secret}".encode())
 
