@@ -503,7 +503,9 @@ def _connect_packet(client_id: str, user: str, password: str, keepalive: int = 6
 # -- durability across kill -9 -----------------------------------------------------------------
 
 
-def test_acked_qos1_survives_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("qos", [1, 2])
+def test_acknowledged_publishes_survive_kill_9(tmp_path: Path, qos: int) -> None:
+    """QoS 1: PUBACK, QoS 2: PUBREC: both leave only once the message is durable."""
     srv = start_server(tmp_path / "data", mqtt_port=free_port())
     with httpx.Client(base_url=srv.url, headers=AUTH, timeout=30) as http_:
         key = expect(http_.post("/api/v1/devices", json={"id": "crash"}), 201)["key"]
@@ -527,11 +529,11 @@ def test_acked_qos1_survives_kill_9(tmp_path: Path) -> None:
                 + (sent % 65535 + 1).to_bytes(2, "big")
                 + payload
             )
-            sock.sendall(bytes([0x32, len(body)]) + body)
+            sock.sendall(bytes([0x30 | qos << 1, len(body)]) + body)
         with contextlib.suppress(TimeoutError):
             buf += sock.recv(65536)
         while len(buf) >= 4:
-            assert buf[0] == 0x40
+            assert buf[0] == (0x40 if qos == 1 else 0x50)
             acked.add(int.from_bytes(buf[2:4], "big"))
             buf = buf[4:]
         if len(acked) > 2000:
@@ -589,3 +591,34 @@ def test_qos2_delivery_and_shared_subscriptions(server: ServerProcess, http: htt
     assert shares[0] and shares[1]  # the group split them
     for c in (*subs, exact, dev):
         c.close()
+
+
+def test_mqtt5_properties_are_forwarded_and_expired_messages_dropped(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    watcher = Paho(server.mqtt_port, "props-watch", "ops", "test-operator-token")
+    watcher.connect(clean=False, session_expiry=60)
+    watcher.subscribe("devices/props-dev/events")
+    dev = client(server, http, "props-dev")
+    dev.connect()
+    dev.publish(
+        "devices/props-dev/events",
+        "door open",
+        UserProperty=[("site", "lab-2")],
+        ContentType="text/plain",
+        MessageExpiryInterval=60,
+    )
+    got = watcher.next()
+    assert got.properties.UserProperty == [("site", "lab-2")]
+    assert got.properties.ContentType == "text/plain"
+    assert 0 < got.properties.MessageExpiryInterval <= 60
+    watcher.close()  # offline, session kept: what comes now is queued for it
+    dev.publish("devices/props-dev/events", "short-lived", MessageExpiryInterval=1)
+    dev.publish("devices/props-dev/events", "long-lived", MessageExpiryInterval=60)
+    time.sleep(2.2)
+    again = Paho(server.mqtt_port, "props-watch", "ops", "test-operator-token")
+    assert again.connect(clean=False, session_expiry=60) == (0, True)
+    assert again.next().payload == b"long-lived"  # the expired one is not delivered
+    again.none_within(0.3)
+    again.close()
+    dev.close()
