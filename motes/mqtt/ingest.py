@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from motes.registry.models import Bucket
 from motes.telemetry import codecs
+from motes.telemetry.codecs import lineprotocol
 from motes.telemetry.models import Decoded, Overloaded, PointError, TelemetryError
 from motes.telemetry.service import TelemetryService
 from motes.telemetry.store.protocol import WriteOutcome
@@ -56,6 +57,7 @@ class _Item:
     measurement: str
     callback: Callback
     decoded: Decoded | None = None
+    points: int | None = None  # stored points, when its frames went in with others'
 
 
 @dataclass
@@ -131,31 +133,33 @@ class Ingest:
     # -- decode ---------------------------------------------------------------------------
 
     def _decode(self, batch: _Batch) -> None:
-        groups: dict[tuple[str | None, str, str], list[_Item]] = {}
+        """One line-protocol decode for every device's messages of the turn (each point
+        still gets its own message's device tag, each error stays with its message)."""
+        lines = [
+            i for i in batch.items if codecs.is_line_protocol(i.content_type) and i.extra is None
+        ]
         for item in batch.items:
-            if codecs.is_line_protocol(item.content_type) and item.extra is None:
-                groups.setdefault((item.device, item.content_type, item.measurement), []).append(
-                    item
-                )
-            else:
+            if item.extra is not None or not codecs.is_line_protocol(item.content_type):
                 item.decoded = _decode_one(item)
-        for (device, content_type, measurement), items in groups.items():
-            if len(items) == 1:
-                items[0].decoded = _decode_one(items[0])
-                continue
-            joined = b"\n".join(i.payload for i in items)
+        if len(lines) == 1:
+            lines[0].decoded = _decode_one(lines[0])
+        elif lines:
             try:
-                decoded = codecs.decode(
-                    content_type, joined, device=device, measurement=measurement
+                decoded, errors = lineprotocol.decode_batch(
+                    [i.payload for i in lines], [i.device for i in lines]
                 )
-            except Exception:
-                decoded = Decoded(errors=[PointError(None, "undecodable")])
-            if decoded.errors:  # attribute every error to its own message
-                for item in items:
+            except Exception:  # a codec bug must not take the broker down: one by one
+                log.exception("batch decoding of MQTT payloads failed")
+                for item in lines:
                     item.decoded = _decode_one(item)
-            else:
-                items[0].decoded = decoded
-                for item in items[1:]:
+                return
+            lines[0].decoded = Decoded(frames=decoded.frames)
+            for n, item in enumerate(lines):
+                if errors[n]:
+                    frames = item.decoded.frames if item.decoded else []
+                    item.decoded = Decoded(frames=frames, errors=errors[n])
+                    item.points = _lines(item.payload) - len(errors[n])  # its good lines
+                elif n:
                     item.decoded = Decoded()
 
     # -- write ----------------------------------------------------------------------------
@@ -206,7 +210,8 @@ class Ingest:
                     outcome = STORED
                 else:
                     errors = list(decoded.errors)
-                    outcome = Outcome(decoded.point_count, errors, decoded.attributes)
+                    points = decoded.point_count if item.points is None else item.points
+                    outcome = Outcome(points, errors, decoded.attributes)
             else:
                 decoded = decoded or Decoded()
                 errors = list(decoded.errors) + (shared if n == 0 else [])
@@ -216,6 +221,10 @@ class Ingest:
                 item.callback(outcome)
             except Exception:  # one broken callback must not keep the others waiting
                 log.exception("an MQTT publish's completion failed")
+
+
+def _lines(payload: bytes) -> int:
+    return sum(1 for line in payload.split(b"\n") if line.strip())
 
 
 def _decode_one(item: _Item) -> Decoded:

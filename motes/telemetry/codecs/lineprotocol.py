@@ -53,7 +53,6 @@ from motes.telemetry.codecs.lpref import (
 from motes.telemetry.models import Decoded, DecodeError, Frame, PointError
 
 __all__ = [
-    "BATCH_FAST_PATH_MIN_BYTES",
     "FAST_PATH_MIN_BYTES",
     "decode",
     "decode_batch",
@@ -62,10 +61,9 @@ __all__ = [
     "parse_series_key",
 ]
 
-# Below this size (~40 lines) the fixed cost of the Arrow calls outweighs their speed.
+# Below this size (~40 lines) the fixed cost of the Arrow calls outweighs their speed
+# (measured for decode_batch too: its crossover is at 4-6 KB of joined bodies).
 FAST_PATH_MIN_BYTES = 4096
-# decode_batch pays the Arrow calls' fixed cost once per batch, not once per body.
-BATCH_FAST_PATH_MIN_BYTES = 1024
 MAX_BODY_BYTES = 2**30  # Arrow string offsets are int32; servers cap bodies far lower anyway
 
 
@@ -74,7 +72,7 @@ def decode(body: bytes, precision: str = "ns", *, device: str | None = None) -> 
     ms, s); bad lines become ``Decoded.errors``, the others frames."""
     factor = col.precision_factor(precision)
     if len(body) > MAX_BODY_BYTES:
-        raise DecodeError(f"body of {len(body)} bytes: split it into bodies under 1 GiB")
+        raise DecodeError(_too_big(body))
     if len(body) < FAST_PATH_MIN_BYTES:
         return decode_reference(body, precision, device=device)
     try:
@@ -82,6 +80,10 @@ def decode(body: bytes, precision: str = "ns", *, device: str | None = None) -> 
     except UnicodeDecodeError:
         return decode_reference(body, precision, device=device)  # rare: a broken client
     return decode_fast(text, factor, device)
+
+
+def _too_big(body: bytes) -> str:
+    return f"body of {len(body)} bytes: split it into bodies under 1 GiB"
 
 
 def decode_reference(body: bytes, precision: str = "ns", *, device: str | None = None) -> Decoded:
@@ -109,24 +111,29 @@ def decode_batch(
     refuse whole (over 1 GiB, too sparse) gets the single error ``PointError(None, why)``.
     An unknown ``precision`` raises :class:`DecodeError` for the whole batch.
     """
-    factor = col.precision_factor(precision)
+    col.precision_factor(precision)  # an unknown one fails the whole batch, up front
     if len(bodies) != len(devices):
         raise ValueError(f"{len(bodies)} bodies but {len(devices)} devices")
     errors: list[list[PointError]] = [[] for _ in bodies]
+    if not bodies:
+        return Decoded(), errors
+    if sum(map(len, bodies)) + len(bodies) <= MAX_BODY_BYTES:  # the common case: one pass
+        everything = list(range(len(bodies)))
+        return Decoded(frames=_decode_chunk(bodies, devices, everything, precision, errors)), errors
     frames: list[Frame] = []
     chunk: list[int] = []
     size = 0
     for i, body in enumerate(bodies):
         if len(body) > MAX_BODY_BYTES:
-            errors[i] = [PointError(None, f"body of {len(body)} bytes: split it into bodies under 1 GiB")]
+            errors[i] = [PointError(None, _too_big(body))]
             continue
         if size + len(body) + 1 > MAX_BODY_BYTES:  # Arrow string offsets are int32
-            frames += _decode_chunk(bodies, devices, chunk, factor, errors)
+            frames += _decode_chunk(bodies, devices, chunk, precision, errors)
             chunk, size = [], 0
         chunk.append(i)
         size += len(body) + 1
     if chunk:
-        frames += _decode_chunk(bodies, devices, chunk, factor, errors)
+        frames += _decode_chunk(bodies, devices, chunk, precision, errors)
     return Decoded(frames=frames), errors
 
 
@@ -134,10 +141,19 @@ def _decode_chunk(
     all_bodies: Sequence[bytes],
     all_devices: Sequence[str | None],
     which: list[int],
-    factor: int,
+    precision: str,
     errors: list[list[PointError]],
 ) -> list[Frame]:
     """Decode the bodies numbered ``which`` together; fill their ``errors``."""
+    if len(which) == 1:
+        try:
+            decoded = decode(all_bodies[which[0]], precision, device=all_devices[which[0]])
+        except DecodeError as exc:
+            errors[which[0]] = [PointError(None, exc.message)]
+            return []
+        errors[which[0]] = decoded.errors
+        return decoded.frames
+    factor = col.precision_factor(precision)
     bodies = [all_bodies[i] for i in which]
     counts = np.array([body.count(b"\n") + 1 for body in bodies], np.int64)  # lines per body
     firsts = np.cumsum(counts) - counts + 1  # number of each body's first line, joined
@@ -151,7 +167,7 @@ def _decode_chunk(
         text = joined.decode("utf-8")
     except UnicodeDecodeError:  # rare: such bodies go line by line, as decode() does
         text, extra = _without_broken_bodies(bodies, counts, firsts, devices, body_device)
-    if len(text) >= BATCH_FAST_PATH_MIN_BYTES:
+    if len(text) >= FAST_PATH_MIN_BYTES:
         parts, line_errors = fast_points(text, factor, devices, line_device)
     else:
         lines = text.split("\n")
@@ -167,19 +183,22 @@ def _decode_chunk(
         parts.append(part)
         line_errors += more
     points, conflicts = _first_kind_per_body(col.concat(parts), firsts)
-    points = _drop_too_sparse(points, firsts, which, errors)
+    points, refused = _drop_too_sparse(points, firsts)
+    for b, message in refused.items():
+        errors[which[b]] = [PointError(None, message)]
     try:
         frames = _to_frames(points, firsts)
     except DecodeError:  # too sparse together, though no body is alone: halve the batch
         half = len(which) // 2
         return [
-            *_decode_chunk(all_bodies, all_devices, which[:half], factor, errors),
-            *_decode_chunk(all_bodies, all_devices, which[half:], factor, errors),
+            *_decode_chunk(all_bodies, all_devices, which[:half], precision, errors),
+            *_decode_chunk(all_bodies, all_devices, which[half:], precision, errors),
         ]
     for error in sorted([*line_errors, *conflicts], key=lambda e: e.line or 0):
-        b = int(np.searchsorted(firsts, error.line, "right")) - 1
-        if not errors[which[b]] or errors[which[b]][0].line is not None:  # not refused whole
-            errors[which[b]].append(PointError(error.line - int(firsts[b]) + 1, error.message))
+        line = error.line or 0  # line protocol errors always have one
+        b = int(np.searchsorted(firsts, line, "right")) - 1
+        if b not in refused:
+            errors[which[b]].append(PointError(line - int(firsts[b]) + 1, error.message))
     return frames
 
 
@@ -192,7 +211,8 @@ def _without_broken_bodies(
 ) -> tuple[str, list[tuple[int, bytes | str, str | None]]]:
     """The joined text with each body that is not UTF-8 replaced by as many empty lines,
     and those bodies' lines, numbered, for the reference parser."""
-    texts, extra = [], []
+    texts: list[str] = []
+    extra: list[tuple[int, bytes | str, str | None]] = []
     for b, body in enumerate(bodies):
         try:
             texts.append(body.decode("utf-8"))
@@ -229,12 +249,11 @@ def _first_kind_per_body(p: col.Points, firsts: Ints) -> tuple[col.Points, list[
     return col.reject_conflicts(p, groups.order[order][wrong], expected[wrong])
 
 
-def _drop_too_sparse(
-    p: col.Points, firsts: Ints, which: list[int], errors: list[list[PointError]]
-) -> col.Points:
-    """Refuse the bodies :func:`decode` would refuse as too sparse, as it would."""
+def _drop_too_sparse(p: col.Points, firsts: Ints) -> tuple[col.Points, dict[int, str]]:
+    """Drop the bodies :func:`decode` would refuse as too sparse: (points left, why per
+    refused body)."""
     if len(p.line) * len(p.keys) <= col.MIN_CELLS_LIMIT:
-        return p  # no body can reach the limit
+        return p, {}  # no body can reach the limit
     names: dict[str, int] = {}
     meas = np.array([names.setdefault(m, len(names)) for m, _ in p.series_names], np.int64)
     body = _body_of(p.line, firsts)
@@ -246,14 +265,15 @@ def _drop_too_sparse(
     cells = np.bincount(body_meas // len(names), rows * fields, minlength=len(firsts))
     points = np.bincount(body[p.row], minlength=len(firsts))
     bad = np.flatnonzero(cells > np.maximum(col.MAX_CELLS_PER_POINT * points, col.MIN_CELLS_LIMIT))
+    refused = {}
     for b in bad.tolist():
         try:
-            col.check_density(int(cells[b]), int(points[b]))
+            col._check_density(int(cells[b]), int(points[b]))
         except DecodeError as exc:
-            errors[which[b]] = [PointError(None, exc.message)]
-    if not len(bad):
-        return p
-    return p.take_rows(~np.isin(body, bad))
+            refused[b] = exc.message
+    if not refused:
+        return p, {}
+    return p.take_rows(~np.isin(body, list(refused))), refused
 
 
 def _to_frames(p: col.Points, firsts: Ints) -> list[Frame]:
@@ -283,7 +303,10 @@ def _split_by_types(p: col.Points, groups: col.Groups, body: Ints) -> col.Points
     mixed = np.zeros(len(sizes), bool)
     mixed[group[kinds != np.repeat(kinds[groups.starts], sizes)]] = True
     recs = groups.order[mixed[group]]
-    triples = zip(body[p.row[recs]].tolist(), group[mixed[group]].tolist(), p.kind[recs].tolist())
+    in_mixed = mixed[group]
+    triples = zip(
+        body[p.row[recs]].tolist(), group[in_mixed].tolist(), p.kind[recs].tolist(), strict=True
+    )
     nmeas = len(groups.measurements)
     signatures: dict[int, list[tuple[int, int]]] = {}  # body * nmeas + measurement -> types
     for b, g, kind in sorted(set(triples)):

@@ -95,8 +95,8 @@ def _fast_points(
     starts = _offsets(parts)[:-1]
     flat = parts.values
     fallback = np.zeros(len(lines), bool)
-    keys = flat.take(pa.array(starts))
-    series, series_names = _series(keys, devices, line_device, fallback)
+    series_keys = flat.take(pa.array(starts))
+    series, series_names = _series(series_keys, devices, line_device, fallback)
     has_time = np.diff(_offsets(parts)) == 3
     time = _times(flat.take(pa.array(starts[has_time] + 2)), factor, has_time, fallback)
     row, key, keys, pos, values = _field_pairs(flat.take(pa.array(starts + 1)))
@@ -128,7 +128,9 @@ def _series(
         pairs = [(key, devices[0]) for key in dictionary]
     else:
         ndev = len(devices)
-        distinct, codes = np.unique(codes.astype(np.int64) * ndev + line_device, return_inverse=True)
+        distinct, codes = np.unique(
+            codes.astype(np.int64) * ndev + line_device, return_inverse=True
+        )
         pairs = [(dictionary[c // ndev], devices[c % ndev]) for c in distinct.tolist()]
     names: dict[tuple[str, str], int] = {}
     ids = np.full(len(pairs), -1, np.int64)
