@@ -364,10 +364,8 @@ class Connection(asyncio.Protocol):
             self._refuse(p, slot, pk.NOT_AUTHORIZED, f"not authorized to publish to {p.topic!r}")
             return
         received = monotonic() if pk.MESSAGE_EXPIRY in p.properties else 0.0
-
-        def done(code: int, reason: str | None) -> None:
-            self._stored(p, received, slot, code, reason)
-
+        # one small object per publish carries it to its completion (no closure cells)
+        done = _Done(self, p, received, slot)
         if not self.broker.hooks.on_publish(identity, p, done):
             routed = self.broker.publish(identity.mount, self._message(p, received))
             if slot is not None:
@@ -704,6 +702,21 @@ class Connection(asyncio.Protocol):
         if self._read_paused and self.transport is not None and not self.closing:
             self._read_paused = False
             self.transport.resume_reading()
+
+
+class _Done:
+    """``done(code, reason)`` for a publish the platform stores."""
+
+    __slots__ = ("conn", "publish", "received", "slot")
+
+    def __init__(self, conn: Connection, publish: pk.Publish, received: float, slot: _Slot | None):
+        self.conn = conn
+        self.publish = publish
+        self.received = received
+        self.slot = slot
+
+    def __call__(self, code: int, reason: str | None) -> None:
+        self.conn._stored(self.publish, self.received, self.slot, code, reason)
 
 
 def _reframe(first: int, body: bytes) -> bytes:
