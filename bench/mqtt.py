@@ -2,7 +2,7 @@
 
     python bench/mqtt.py                                  # Motes vs Mosquitto, 3 rounds, all
     python bench/mqtt.py --target mosquitto --quick       # smoke run (< 1 min)
-    python bench/mqtt.py --target brokers --conns 20 --idle-conns 2000 --rounds 1
+    python bench/mqtt.py --target brokers --conns 20 --idle-conns 2000 --messages 200000
                                                           # Mosquitto vs amqtt vs mqttools
 
 Targets (``--target``, comma-separated; ``both`` = mosquitto,motes, ``brokers`` =
@@ -15,14 +15,15 @@ medians. Scenarios (``--scenario``, in this order on each fresh broker):
   throughput  --conns connections in --procs processes publish --messages QoS 1 messages
               (at most --inflight unacked each) as fast as they are acked; a counting
               subscriber on devices/+/telemetry (Motes: the store's count) checks none is lost
-  latency     --rate messages/s for --latency-seconds: publish -> PUBACK, and publish ->
-              visible (subscriber; Motes: a probe polling the latest-value query)
+  latency     --rate messages/s for --latency-seconds, timed from each message's due time
+              to its PUBACK, to the counting subscriber and (Motes) to the latest-value query
 
 The publishers are raw non-blocking sockets with packets encoded up front
 (``bench/mqtt_load.py``, ``bench/mqtt_codec.py``). Each message is one line-protocol point
 ``m,device=<id> v=<float> <ns timestamp>`` on topic ``devices/<id>/telemetry``, client id =
-device id. Prints markdown tables, saves ``bench/results/<timestamp>-mqtt.json``;
-``docs/benchmarks.md`` ("MQTT") explains the figures.
+device id. amqtt and mqttools run from their own virtualenv (``--venv``). Prints markdown
+tables (``--json``: JSON), saves ``bench/results/<timestamp>-mqtt.json``; exits 1 if a broker
+lost a message. ``docs/benchmarks.md`` ("MQTT") explains the figures.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import orjson
 
 from bench import mqtt_brokers, mqtt_report
 from bench.ingest_query import git_commit, log, warn
-from bench.mqtt_scenarios import SCENARIOS, wait_quiet
+from bench.mqtt_scenarios import OTHERS_BUSY, SCENARIOS, wait_quiet
 
 TARGETS = ("mosquitto", "motes", "amqtt", "mqttools")
 ALIASES = {
@@ -93,8 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scenarios = _names(p, args.scenario, {"all": list(SCENARIO_ORDER)}, SCENARIO_ORDER)
     args.scenarios = [s for s in SCENARIO_ORDER if s in args.scenarios]
     args.mqtt_version = 5 if args.mqtt_version == "5" else 4
-    need = max(args.conns, args.idle_conns if "idle" in args.scenarios else 0)
-    args.devices = need
+    args.devices = max(args.conns, args.idle_conns if "idle" in args.scenarios else 0)  # Motes
     if min(args.rounds, args.procs, args.conns, args.inflight, args.messages) < 1:
         p.error("--rounds, --procs, --conns, --inflight and --messages must be at least 1")
     return args
@@ -126,14 +126,19 @@ def run_round(args: argparse.Namespace, name: str, results: mqtt_report.Results)
         broker = mqtt_brokers.start(name, args)
     except mqtt_brokers.Unavailable as exc:
         return str(exc)
+    except Exception as exc:  # this round of this target is lost, the others go on
+        log(f"{name} did not start: {exc!r}")
+        return None
     log(f"{name}: started in {time.monotonic() - started:.1f}s ({broker.settings})")
     try:
         for scenario in args.scenarios:
-            waited = wait_quiet(broker)
+            waited, others = wait_quiet(broker)
             if waited > 1.5:
                 log(f"{name}: waited {waited:.0f}s for the broker to go quiet")
+            if others > OTHERS_BUSY:
+                log(f"warning: other processes use {others:.0%} of a core: figures will suffer")
             fig = SCENARIOS[scenario](broker, args)
-            fig["quiet_wait_s"] = waited
+            fig.update(quiet_wait_s=waited, others_cpu_pct=100 * others)
             results.setdefault(name, {}).setdefault(scenario, []).append(fig)
             log(f"{name} {scenario}: {summary(scenario, fig)}")
             for error in fig.get("errors", []):
@@ -222,6 +227,15 @@ def report(
                 print(f"{tables[scenario]}\n")
         for name, reason in unavailable.items():
             print(f"- {name}: not measured: {reason}")
+        others = max(
+            (r.get("others_cpu_pct", 0.0) for t in results.values() for s in t.values() for r in s),
+            default=0.0,
+        )
+        if others > 100 * OTHERS_BUSY:
+            print(
+                f"- WARNING: other processes used up to {others:.0f} % of a core before a "
+                "scenario started: the figures are not from a quiet machine"
+            )
     if lost:
         warn(f"{lost:,} messages a broker took were not delivered or stored (see the tables)")
     if not args.no_save:

@@ -29,7 +29,7 @@ import orjson
 from bench import motes
 from bench.common import free_port, stop_process, tree_rss, wait_http
 from bench.mqtt_codec import V5, V311
-from bench.mqtt_load import Client
+from bench.mqtt_conn import Client
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 VENV = Path("/tmp/venv-brokers")
@@ -102,7 +102,9 @@ class Broker:
         with (self.root / "broker.log").open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if not wait_tcp(self.port, self.proc, 60.0):
-            raise RuntimeError(f"{self.name} did not listen on {self.port}: {self.log_tail()}")
+            tail = self.log_tail()
+            self.close()
+            raise RuntimeError(f"{self.name} did not listen on {self.port}: {tail}")
 
     def clients(self, n: int) -> list[Client]:
         """The identities of connections 0..n-1: client id = device id."""
@@ -154,9 +156,9 @@ class Mosquitto(Broker):
     name = "mosquitto"
 
     def __init__(self, max_queued: int = 0, max_inflight: int = 20) -> None:
-        super().__init__()
         if not os.path.exists(MOSQUITTO):
             raise Unavailable(f"{MOSQUITTO} not found")
+        super().__init__()
         conf = self.root / "mosquitto.conf"
         conf.write_text(mosquitto_conf(self.port, max_queued, max_inflight))
         self.settings = f"max_queued_messages {max_queued}, max_inflight_messages {max_inflight}"
@@ -169,13 +171,13 @@ class PythonBroker(Broker):
 
     def __init__(self, name: str, venv: Path = VENV) -> None:
         self.name = name
-        super().__init__()
         python = venv / "bin" / "python"
         if not python.exists():
             raise Unavailable(
                 f"{python} not found: python -m venv {venv} && "
                 f"{venv}/bin/pip install amqtt mqttools"
             )
+        super().__init__()
         if name == "amqtt":
             cmd = [str(python), "-c", AMQTT_SCRIPT, str(self.port)]
             self.version = V311

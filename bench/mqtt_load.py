@@ -1,9 +1,10 @@
-"""The MQTT benchmark's client processes: publishers, idle connections, a counting subscriber.
+"""The MQTT benchmark's publisher processes.
 
-Each runs in a process of its own (forked by ``bench/mqtt_scenarios.py``) and drives many
-connections from one thread with non-blocking sockets and a ``selectors`` loop, sending
-packets from ``bench/mqtt_codec.py`` as raw bytes, so that one process can push far more
-than a client library would (one paho process tops out near 30 k messages/s here):
+Each runs in a process of its own (forked by ``bench/mqtt_scenarios.py``) and drives its
+share of the connections (``bench/mqtt_conn.py``) from one thread with non-blocking sockets
+and a ``selectors`` loop, sending packets from ``bench/mqtt_codec.py`` as raw bytes, so that
+one process can push far more than a client library would (one paho process tops out near
+30 k messages/s here):
 
 - ``publish_main``: every message of every connection encoded before the start, then sent
   as fast as the broker takes them, at most ``inflight`` unacknowledged (QoS 1) per
@@ -11,9 +12,6 @@ than a client library would (one paho process tops out near 30 k messages/s here
 - ``paced_main``: messages at a fixed rate, encoded when due and stamped with the
   wall-clock time they were due; each PUBACK is timed from that moment (so a stalled broker,
   or a late generator, shows up as latency, not as fewer samples).
-- ``idle_main``: connections that connect and then only keep alive.
-- ``subscriber_main``: one subscription; counts deliveries and, with ``timed``, takes each
-  one's receive time minus the timestamp in its payload.
 
 A message is one line-protocol point, ``m,device=<id> v=<float> <ns timestamp>``, published
 to ``devices/<id>/telemetry``; timestamps are unique per device so a store keeps every message.
@@ -22,204 +20,28 @@ to ``devices/<id>/telemetry``; timestamps are unique per device so a store keeps
 from __future__ import annotations
 
 import selectors
-import socket
 import time
-import traceback
 from bisect import bisect_left, bisect_right
-from collections import deque
-from dataclasses import dataclass, field
 from itertools import accumulate
-from multiprocessing.synchronize import Barrier, Event
+from multiprocessing.synchronize import Barrier
 from typing import Any
 
 from bench import mqtt_codec as codec
 from bench.common import own_cpu_seconds
+from bench.mqtt_conn import (
+    READ,
+    WRITE,
+    Client,
+    Conn,
+    Plan,
+    Tally,
+    close_all,
+    open_connections,
+    record_failure,
+)
 
-READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-CONNECT_BATCH = 16  # handshakes in flight per process; 4 processes stay under a backlog of 100
 REFILL = 0.25  # share of the window that must be free before a connection sends again
 ACK_FIRST, ACK_LEN = b"\x40" * 65536, b"\x02" * 65536  # a recv holds < 65,536 PUBACKs
-
-
-@dataclass(frozen=True)
-class Client:
-    """One connection's identity: client id = device id; credentials if the broker wants them."""
-
-    client_id: str
-    username: str | None = None
-    password: str | None = None
-
-    @property
-    def topic(self) -> str:
-        return f"devices/{self.client_id}/telemetry"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How every connection of a measurement talks to the broker."""
-
-    host: str
-    port: int
-    version: int = codec.V311
-    qos: int = 1
-    keepalive: int = 60
-    inflight: int = 100
-    measurement: str = "m"
-
-    def line(self, device: str, value: float, ts_ns: int) -> bytes:
-        return f"{self.measurement},device={device} v={value} {ts_ns}".encode()
-
-
-@dataclass
-class Tally:
-    """What one process's connections did; times are ``perf_counter`` (system-wide monotonic)."""
-
-    connected: int = 0
-    sent: int = 0
-    acked: int = 0
-    refused: int = 0  # PUBACKs with an MQTT 5 error reason
-    started: float = 0.0
-    finished: float = 0.0
-    sent_until: float = 0.0  # paced: when the last message was written
-    connect_s: float = 0.0
-    cpu_s: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    latencies_s: list[float] = field(default_factory=list)
-
-
-class Conn:
-    """A connected socket, its receive buffer and, when publishing, its messages."""
-
-    __slots__ = (
-        "acked",
-        "buf",
-        "client",
-        "data",
-        "error",
-        "index",
-        "last_ts",
-        "n",
-        "next_id",
-        "offsets",
-        "outbuf",
-        "outstanding",
-        "pos",
-        "queue",
-        "refused",
-        "sent_top",
-        "sock",
-        "stop_n",
-        "topic",
-        "want_write",
-    )
-
-    def __init__(self, index: int, client: Client, sock: socket.socket) -> None:
-        self.index, self.client, self.sock = index, client, sock
-        self.topic = codec.string(client.topic)
-        self.buf = bytearray()
-        self.error: str | None = None
-        self.data = memoryview(b"")
-        self.offsets: list[int] = [0]
-        self.n = self.stop_n = self.pos = self.acked = self.refused = self.sent_top = 0
-        self.want_write = False
-        # paced publishing
-        self.last_ts, self.next_id = 0, 0
-        self.queue: deque[tuple[int, float, bytes]] = deque()
-        self.outstanding: dict[int, float] = {}
-        self.outbuf = bytearray()
-
-    def receive(self) -> tuple[bytes, list[tuple[int, int, int]]]:
-        """The bytes received and the complete packets in them (offsets into those bytes)."""
-        try:
-            data = self.sock.recv(262144)
-        except BlockingIOError:
-            return b"", []
-        except OSError as exc:
-            data, self.error = b"", self.error or repr(exc)
-        if not data:
-            self.error = self.error or "connection closed by the broker"
-            return b"", []
-        if self.buf:
-            data = bytes(self.buf) + data
-        packets, used = codec.split(data)
-        self.buf = bytearray(data[used:])
-        return data, packets
-
-
-# -- connecting -------------------------------------------------------------------------------
-
-
-def open_connections(
-    plan: Plan, clients: list[tuple[int, Client]], errors: list[str]
-) -> list[Conn]:
-    """Connect ``clients`` (index, identity), ``CONNECT_BATCH`` handshakes at a time."""
-    conns: list[Conn] = []
-    for lo in range(0, len(clients), CONNECT_BATCH):
-        group = []
-        for index, client in clients[lo : lo + CONNECT_BATCH]:
-            try:
-                sock = socket.create_connection((plan.host, plan.port), timeout=30.0)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                pkt = codec.connect(
-                    client.client_id,
-                    client.username,
-                    client.password,
-                    keepalive=plan.keepalive,
-                    version=plan.version,
-                )
-                sock.sendall(pkt)
-                sock.setblocking(False)
-            except OSError as exc:
-                errors.append(f"{client.client_id}: connect: {exc!r}")
-                continue
-            group.append(Conn(index, client, sock))
-        conns += _await_connacks(group, errors)
-    return conns
-
-
-def _await_connacks(group: list[Conn], errors: list[str], timeout: float = 60.0) -> list[Conn]:
-    """The connections of ``group`` whose CONNACK accepted them; the others are closed."""
-    sel = selectors.DefaultSelector()
-    for c in group:
-        sel.register(c.sock, READ, c)
-    ok: list[Conn] = []
-    waiting = len(group)
-    deadline = time.monotonic() + timeout
-    while waiting and time.monotonic() < deadline:
-        for key, _mask in sel.select(timeout=1.0):
-            c: Conn = key.data
-            data, packets = c.receive()
-            if not packets and c.error is None:
-                continue
-            sel.unregister(c.sock)
-            waiting -= 1
-            code = codec.connack_code(data, packets[0][1], packets[0][2]) if packets else None
-            if packets and packets[0][0] == codec.CONNACK and code == 0:
-                ok.append(c)
-            else:
-                errors.append(f"{c.client.client_id}: refused (CONNACK {code}, {c.error})")
-                c.sock.close()
-    for key in list(sel.get_map().values()):
-        errors.append(f"{key.data.client.client_id}: no CONNACK within {timeout:.0f}s")
-        key.fileobj.close()  # type: ignore[union-attr]
-    sel.close()
-    return ok
-
-
-def close_all(conns: list[Conn]) -> None:
-    """DISCONNECT (best effort) and close."""
-    for c in conns:
-        try:
-            c.sock.setblocking(True)
-            c.sock.settimeout(1.0)
-            c.sock.sendall(codec.DISCONNECT)
-        except OSError:
-            pass
-        c.sock.close()
-
-
-def _fail(tally: Tally) -> None:
-    tally.errors.append(traceback.format_exc(limit=5))
 
 
 # -- publishing as fast as the broker takes it -------------------------------------------------
@@ -375,7 +197,7 @@ def publish_main(
         for c in conns:
             encode_messages(plan, c, per_conn, total_conns, t0)
     except Exception:
-        _fail(tally)
+        record_failure(tally.errors)
     barrier.wait()
     try:
         tally.started, cpu0 = time.perf_counter(), own_cpu_seconds()
@@ -388,7 +210,7 @@ def publish_main(
             if c.error:
                 tally.errors.append(f"{c.client.client_id}: {c.error}")
     except Exception:
-        _fail(tally)
+        record_failure(tally.errors)
     out.put(tally)
     close_all(conns)
 
@@ -511,7 +333,7 @@ def paced_main(
         conns = open_connections(plan, clients, tally.errors)
         tally.connected = len(conns)
     except Exception:
-        _fail(tally)
+        record_failure(tally.errors)
     barrier.wait()
     try:
         tally.started, cpu0 = time.perf_counter(), own_cpu_seconds()
@@ -524,162 +346,6 @@ def paced_main(
             if c.error:
                 tally.errors.append(f"{c.client.client_id}: {c.error}")
     except Exception:
-        _fail(tally)
+        record_failure(tally.errors)
     out.put(tally)
     close_all(conns)
-
-
-# -- idle connections --------------------------------------------------------------------------
-
-
-def idle_main(
-    plan: Plan, clients: list[tuple[int, Client]], ready: Any, release: Event, out: Any
-) -> None:
-    """Connect, report, then only answer keep-alive until ``release``; report who was dropped."""
-    tally, conns = Tally(), []
-    try:
-        t = time.perf_counter()
-        conns = open_connections(plan, clients, tally.errors)
-        tally.connected, tally.connect_s = len(conns), time.perf_counter() - t
-    except Exception:
-        _fail(tally)
-    ready.put(tally)
-    last_ping = time.monotonic()
-    while not release.wait(1.0):
-        if time.monotonic() - last_ping >= plan.keepalive / 2:
-            last_ping = time.monotonic()
-            for c in conns:
-                c.receive()  # the last PINGRESP
-                try:
-                    c.sock.send(codec.PINGREQ)
-                except OSError as exc:
-                    c.error = c.error or repr(exc)
-    for c in conns:
-        c.receive()
-    dropped = [c for c in conns if c.error is not None]
-    tally.errors += [f"{c.client.client_id}: {c.error}" for c in dropped[:5]]
-    tally.sent = len(dropped)  # the idle scenario's "sent": connections lost while idle
-    out.put(tally)
-    close_all(conns)
-
-
-# -- the counting subscriber -------------------------------------------------------------------
-
-
-@dataclass
-class SubTally:
-    """Deliveries the subscriber saw; with ``timed``, each one's age (receive - payload time)."""
-
-    delivered: int = 0
-    duplicates: int = 0
-    first: float = 0.0
-    last: float = 0.0
-    cpu_s: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    latencies_s: list[float] = field(default_factory=list)
-
-
-def _subscribe(c: Conn, plan: Plan, topic_filter: str) -> None:
-    """SUBSCRIBE and wait for the SUBACK (blocking); refuse to count if it was not granted."""
-    c.sock.setblocking(True)
-    c.sock.settimeout(30.0)
-    c.sock.sendall(codec.subscribe(topic_filter, qos=plan.qos, version=plan.version))
-    packets: list[tuple[int, int, int]] = []
-    while not packets:
-        data, packets = c.receive()
-        if c.error:
-            raise RuntimeError(f"subscribe: {c.error}")
-    first, _start, end = packets[0]
-    if first != codec.SUBACK or data[end - 1] >= 0x80:
-        raise RuntimeError(f"SUBSCRIBE {topic_filter} refused: {data!r}")
-    if data[end - 1] < plan.qos:
-        raise RuntimeError(f"SUBSCRIBE granted QoS {data[end - 1]}, asked for {plan.qos}")
-    c.sock.setblocking(False)
-
-
-def _deliveries(
-    c: Conn,
-    plan: Plan,
-    data: bytes,
-    packets: list[tuple[int, int, int]],
-    tally: SubTally,
-    timed: bool,
-) -> None:
-    now_ns = time.time_ns()
-    acks = []
-    for first, start, end in packets:
-        if first & 0xF0 != codec.PUBLISH:
-            continue
-        tally.delivered += 1
-        if first & 0x08:
-            tally.duplicates += 1
-        p = start + 2 + ((data[start] << 8) | data[start + 1])
-        if first & 0x06:
-            acks.append(b"\x40\x02" + data[p : p + 2])
-            p += 2
-        if timed:
-            ts = int(data[data.rindex(b" ", p, end) + 1 : end])
-            tally.latencies_s.append((now_ns - ts) / 1e9)
-    if acks:
-        c.outbuf += b"".join(acks)
-
-
-def subscriber_main(
-    plan: Plan,
-    client: Client,
-    topic_filter: str,
-    timed: bool,
-    pause_s: float,
-    ready: Event,
-    stop: Event,
-    progress: Any,
-    out: Any,
-) -> None:
-    """Count deliveries (PUBACK each at QoS 1) until ``stop``; ``progress`` = [count, last].
-
-    With ``pause_s``, waits that long after a read of less than 64 KiB so that deliveries
-    pile up (fewer, larger reads: the subscriber shares the CPU with the broker). Only for
-    brokers that do not wait for the subscriber's PUBACKs, or its pauses would be the limit.
-    """
-    tally, conns = SubTally(), []
-    try:
-        conns = open_connections(plan, [(0, client)], tally.errors)
-        if not conns:
-            raise RuntimeError(f"subscriber could not connect: {tally.errors}")
-        c = conns[0]
-        _subscribe(c, plan, topic_filter)
-        ready.set()
-        cpu0 = own_cpu_seconds()
-        _count_deliveries(c, plan, timed, pause_s, stop, progress, tally)
-        tally.cpu_s = own_cpu_seconds() - cpu0
-    except Exception:
-        _fail(tally)
-        ready.set()
-    out.put(tally)
-    close_all(conns)
-
-
-def _count_deliveries(
-    c: Conn, plan: Plan, timed: bool, pause_s: float, stop: Event, progress: Any, tally: SubTally
-) -> None:
-    sel = selectors.DefaultSelector()
-    sel.register(c.sock, READ, c)
-    while not stop.is_set() and c.error is None:
-        if not sel.select(timeout=0.1):
-            continue
-        data, packets = c.receive()
-        if packets:
-            _deliveries(c, plan, data, packets, tally, timed)
-            tally.last = time.perf_counter()
-            tally.first = tally.first or tally.last
-            progress[0], progress[1] = tally.delivered, tally.last
-        while c.outbuf and c.error is None:  # acks: the broker reads them promptly
-            try:
-                del c.outbuf[: c.sock.send(c.outbuf)]
-            except BlockingIOError:
-                time.sleep(0.0005)
-        if pause_s and len(data) < 65536:
-            time.sleep(pause_s)
-    if c.error:
-        tally.errors.append(c.error)
-    sel.close()

@@ -170,6 +170,10 @@ def _latency_rows(results: Results) -> list[tuple[str, Cell]]:
             _pair("query_p50_ms", "query_p99_ms", 2),
         ),
         (
+            "publish → in the query, lower bound p50 / p99 ms",
+            _pair("query_lower_p50_ms", "query_lower_p99_ms", 2),
+        ),
+        (
             "publish → at the subscriber p50 / p99 ms",
             _pair("subscriber_p50_ms", "subscriber_p99_ms", 2),
         ),

@@ -9,42 +9,32 @@ Each returns a flat dict of figures (numbers, so that rounds can be reduced to m
   with ``fn=count`` over the messages' time range (Motes). lost = acked - delivered.
 - ``idle``: ``--idle-conns`` connections connect and stay idle; the broker's RSS (process
   and children) before and after, per connection.
-- ``latency``: ``--rate`` messages/s for ``--latency-seconds`` from ``--conns`` connections.
-  publish -> PUBACK is timed from each message's due time. publish -> visible: with a
-  subscriber, receive time - the send time in the payload; on Motes, a probe polls the
-  latest-value query of every device and, for each value newer than the last it saw,
-  takes the answer's arrival time - the value's timestamp (the send time): an upper bound,
-  late by up to one poll (interval + round trip, both reported).
+- ``latency``: ``--rate`` messages/s for ``--latency-seconds`` from ``--conns`` connections,
+  timed from each message's due time (its payload timestamp) to its PUBACK, to its arrival
+  at the counting subscriber, and on Motes to its showing in the latest-value query
+  (``bench/mqtt_probe.py``).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import statistics
-import threading
 import time
 from argparse import Namespace
 from typing import Any
 
-import httpx
-import orjson
+import psutil
 
 from bench.common import RssSampler, percentile_ms, tree_cpu_seconds
 from bench.mqtt_brokers import Broker, Motes
-from bench.mqtt_load import (
-    Client,
-    Plan,
-    SubTally,
-    Tally,
-    idle_main,
-    paced_main,
-    publish_main,
-    subscriber_main,
-)
+from bench.mqtt_conn import Plan, Tally, idle_main
+from bench.mqtt_load import paced_main, publish_main
+from bench.mqtt_probe import LatestProbe
+from bench.mqtt_subscriber import Subscriber, SubTally
 
 CTX = mp.get_context("fork")
-TOPIC_FILTER = "devices/+/telemetry"
 HOUR_NS = 3_600_000_000_000
+OTHERS_BUSY = 0.2  # share of a core the rest of the machine may use before a scenario
 PAUSE_S = 0.002  # the throughput subscriber's pause after a small read (subscriber_main)
 
 
@@ -58,21 +48,31 @@ def plan_for(broker: Broker, args: Namespace) -> Plan:
     )
 
 
-def wait_quiet(broker: Broker, busy: float = 0.05, max_s: float = 30.0) -> float:
-    """Wait until the broker uses under ``busy`` of a core for a second (at most ``max_s``).
+def _machine_busy_s() -> float:
+    """CPU seconds all cores spent on anything but idling, since boot."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
-    So that one scenario's aftermath (10,000 disconnects, a backlog of writes) does not land
-    in the next one's figures. Returns the seconds waited.
+
+def wait_quiet(broker: Broker, busy: float = 0.05, max_s: float = 30.0) -> tuple[float, float]:
+    """Wait (at most ``max_s``) for a second in which the broker used under ``busy`` of a core.
+
+    And the rest of the machine under ``OTHERS_BUSY``, so that one scenario's aftermath
+    (10,000 disconnects, a backlog of writes) does not land in the next one's figures.
+    Returns the seconds waited and the share of a core that the rest of the machine used in
+    the last second (other work skews every figure).
     """
     start = time.monotonic()
-    last = tree_cpu_seconds(broker.pid)
+    last, machine = tree_cpu_seconds(broker.pid), _machine_busy_s()
+    others = 0.0
     while time.monotonic() - start < max_s:
         time.sleep(1.0)
-        now = tree_cpu_seconds(broker.pid)
-        if now - last < busy:
+        now, busy_now = tree_cpu_seconds(broker.pid), _machine_busy_s()
+        others = max(0.0, (busy_now - machine) - (now - last))
+        if now - last < busy and others < OTHERS_BUSY:
             break
-        last = now
-    return time.monotonic() - start
+        last, machine = now, busy_now
+    return time.monotonic() - start, others
 
 
 def chunks(items: list[Any], parts: int) -> list[list[Any]]:
@@ -85,40 +85,6 @@ def chunks(items: list[Any], parts: int) -> list[list[Any]]:
         out.append(items[lo:hi])
         lo = hi
     return out
-
-
-class Subscriber:
-    """The counting subscriber process, ready (subscribed) once constructed."""
-
-    def __init__(self, plan: Plan, client: Client, timed: bool, pause_s: float = 0.0) -> None:
-        self.ready, self.stop_event = CTX.Event(), CTX.Event()
-        self.progress, self.out = CTX.RawArray("d", 2), CTX.Queue()
-        args = (plan, client, TOPIC_FILTER, timed, pause_s)
-        self.proc = CTX.Process(
-            target=subscriber_main,
-            args=(*args, self.ready, self.stop_event, self.progress, self.out),
-            daemon=True,
-        )
-        self.proc.start()
-        if not self.ready.wait(60.0):
-            raise RuntimeError("the counting subscriber did not subscribe within 60 s")
-
-    def wait_for(self, expected: int, quiet_s: float = 3.0, max_s: float = 60.0) -> None:
-        """Until ``expected`` deliveries arrived, or none for ``quiet_s`` seconds."""
-        deadline = time.monotonic() + max_s
-        last, since = -1.0, time.monotonic()
-        while time.monotonic() < deadline and self.progress[0] < expected:
-            if self.progress[0] != last:
-                last, since = self.progress[0], time.monotonic()
-            elif time.monotonic() - since >= quiet_s:
-                return
-            time.sleep(0.05)
-
-    def stop(self) -> SubTally:
-        self.stop_event.set()
-        tally: SubTally = self.out.get(timeout=60.0)
-        self.proc.join(10.0)
-        return tally
 
 
 def _start(target: Any, groups: list[list[Any]], args_of: Any) -> tuple[list[Any], Any, Any]:
@@ -139,6 +105,7 @@ def _merge(tallies: list[Tally]) -> Tally:
         t.sent += x.sent
         t.acked += x.acked
         t.refused += x.refused
+        t.dropped += x.dropped
         t.cpu_s += x.cpu_s
         t.connect_s = max(t.connect_s, x.connect_s)
         t.sent_until = max(t.sent_until, x.sent_until)
@@ -189,7 +156,7 @@ def throughput(broker: Broker, args: Namespace) -> dict[str, Any]:
     if s is not None:
         fig.update(
             subscriber_delivered=s.delivered,
-            subscriber_lost=handled - s.delivered,
+            subscriber_lost=max(0, handled - s.delivered),
             subscriber_per_s=s.delivered / (s.last - t.started) if s.last > t.started else 0.0,
             duplicates=s.duplicates,
             subscriber_cpu_s=s.cpu_s,
@@ -274,7 +241,7 @@ def idle(broker: Broker, args: Namespace) -> dict[str, Any]:
         "asked": len(clients),
         "connections": t.connected,
         "refused": len(clients) - t.connected,
-        "dropped_while_idle": finals.sent,
+        "dropped_while_idle": finals.dropped,
         "connect_per_s": t.connected / connect_wall if connect_wall > 0 else 0.0,
         "rss_before": before,
         "rss_after": after,
@@ -285,51 +252,6 @@ def idle(broker: Broker, args: Namespace) -> dict[str, Any]:
 
 
 # -- latency -----------------------------------------------------------------------------------
-
-
-class LatestProbe(threading.Thread):
-    """Polls Motes' latest values of every device; times each value it had not seen yet."""
-
-    def __init__(self, broker: Motes, interval_s: float) -> None:
-        super().__init__(name="latest-probe", daemon=True)
-        self.url, self.params, self.headers = broker.latest_params()
-        self.interval = interval_s
-        self.seen: dict[str, int] = {}
-        self.samples_s: list[float] = []
-        self.round_trips_s: list[float] = []
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.client = httpx.Client(headers=self.headers, timeout=10.0)
-        self.since_ns = time.time_ns()
-        self._poll(record=False)  # what is there already is not new
-
-    def _poll(self, record: bool) -> None:
-        sent = time.time_ns()
-        resp = self.client.get(self.url, params=self.params)
-        arrived = time.time_ns()
-        if resp.status_code != 200:
-            self.errors.append(f"latest: {resp.status_code} {resp.text[:200]}")
-            return
-        self.round_trips_s.append((arrived - sent) / 1e9)
-        for series in orjson.loads(resp.content)["series"]:
-            field = series["fields"].get("v")
-            device = series["tags"].get("device")
-            if field is None or device is None:
-                continue
-            ts = int(field["time"])
-            if record and ts > self.seen.get(device, 0) and ts >= self.since_ns:
-                self.samples_s.append((arrived - ts) / 1e9)
-            self.seen[device] = max(ts, self.seen.get(device, 0))
-
-    def run(self) -> None:
-        self.since_ns = time.time_ns()
-        while not self.stop.is_set():
-            try:
-                self._poll(record=True)
-            except httpx.HTTPError as exc:
-                self.errors.append(repr(exc))
-            self.stop.wait(self.interval)
-        self.client.close()
 
 
 def latency(broker: Broker, args: Namespace) -> dict[str, Any]:
@@ -374,6 +296,7 @@ def latency(broker: Broker, args: Namespace) -> dict[str, Any]:
         fig["subscriber_lost"] = max(0, (t.acked if plan.qos else t.sent) - s.delivered)
     if probe is not None:
         fig.update(_percentiles("query", probe.samples_s))
+        fig.update(_percentiles("query_lower", probe.lower_s))
         fig["probe_polls"] = len(probe.round_trips_s)
         fig["probe_round_trip_p50_ms"] = percentile_ms(probe.round_trips_s or [0.0], 50)
         fig["probe_interval_ms"] = 1000 * args.probe_interval
