@@ -1,4 +1,4 @@
-"""Motes' publish -> visible latency: a thread polling the latest-value query of every device.
+"""Motes' publish -> visible latency: a thread polling the latest-value query of one device.
 
 Used by the latency scenario of ``bench/mqtt_scenarios.py``; the payload timestamps are the
 wall-clock times the messages were due, so an answer's arrival time minus a value's timestamp
@@ -17,7 +17,7 @@ from bench.mqtt_brokers import Motes
 
 
 class LatestProbe(threading.Thread):
-    """Polls Motes' latest values of every device; times each value it had not seen yet.
+    """Polls one device's latest value in Motes; times each value it had not seen yet.
 
     A value first seen in an answer became visible after the previous poll was sent (that
     poll did not show it) and before this answer arrived: ``samples_s`` holds the upper

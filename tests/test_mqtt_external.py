@@ -5,8 +5,12 @@ mosquitto-go-auth's shapes."""
 from __future__ import annotations
 
 import base64
+import getpass
+import os
 import secrets
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,4 +226,147 @@ def test_hooks_are_off_without_the_secret_and_need_it(
         answer = httpx.post(srv.url + "/api/v1/mqtt/auth", json=body, headers=HOOK_AUTH)
         assert answer.status_code == 401
     finally:
+        srv.stop()
+
+
+def test_motes_worker_consumes_and_exits_cleanly(
+    broker: int, shared_registry: dict[str, str], tmp_path: Path
+) -> None:
+    """`motes worker`: no HTTP, just the consumer; SIGTERM flushes and exits 0."""
+    env = {**os.environ, **shared_registry, "MOTES_INIT_TOKEN": TOKEN}
+    admin = start_server(tmp_path / "admin", env=shared_registry)
+    expect(httpx.post(admin.url + "/api/v1/devices", json={"id": "wk-1"}, headers=AUTH), 201)
+    data = tmp_path / "worker"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "motes.cli.main", "worker", "--data-dir", str(data),
+         "--mqtt-url", f"mqtt://127.0.0.1:{broker}"],
+        env={**env, "MOTES_MQTT_SHARE_GROUP": "wk"}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        now = time.time_ns()
+        lines = "\n".join(f"ext v={i} {now + i}" for i in range(50)) + "\n"
+        deadline = time.monotonic() + 20
+        while True:  # until the worker has subscribed, messages have no taker
+            sent = subprocess.run(
+                ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker), "-q", "1",
+                 "-t", "devices/wk-1/telemetry", "-l"],
+                input=lines, text=True, capture_output=True, timeout=30,
+            )  # fmt: skip
+            assert sent.returncode == 0, sent.stderr
+            time.sleep(1)
+            if "consuming from" in _stderr_so_far(worker) or time.monotonic() > deadline:
+                break
+        subprocess.run(
+            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker), "-q", "1",
+             "-t", "devices/wk-1/telemetry", "-m", f"ext v=99 {now + 99}"],
+            check=True, timeout=30,
+        )  # fmt: skip
+        time.sleep(1)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    admin.stop()
+    reader = start_server(data, env=shared_registry)  # the worker's store, read back
+    try:
+        assert stored(reader, "wk-1") >= 1
+    finally:
+        reader.stop()
+
+
+def _stderr_so_far(proc: subprocess.Popen[str]) -> str:
+    import selectors
+
+    assert proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    out = ""
+    while sel.select(0):
+        line = proc.stderr.readline()
+        if not line:
+            break
+        out += line
+    return out
+
+
+# -- Mosquitto dynamic security ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dynsec_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A Mosquitto with the dynamic-security plugin (Debian ships it), admin/admin-pw."""
+    binary = require_tool("mosquitto")
+    ctrl = require_tool("mosquitto_ctrl")
+    plugin = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+    if not plugin.exists():
+        found = list(Path("/usr/lib").glob("**/mosquitto_dynamic_security.so"))
+        if not found:
+            pytest.skip("mosquitto's dynamic-security plugin is not installed")
+        plugin = found[0]
+    here = tmp_path_factory.mktemp("dynsec")
+    state = here / "dynamic-security.json"
+    subprocess.run([ctrl, "dynsec", "init", str(state), "admin", "admin-pw"], check=True,
+                   capture_output=True)  # fmt: skip
+    port = free_port()
+    conf = here / "mosquitto.conf"
+    conf.write_text(
+        # as root, mosquitto drops to user "mosquitto", who may not read pytest's 0700 dirs
+        f"user {getpass.getuser()}\n"
+        f"per_listener_settings false\nlistener {port} 127.0.0.1\nallow_anonymous false\n"
+        f"plugin {plugin}\nplugin_opt_config_file {state}\n"
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    args = ("-u", "admin", "-P", "admin-pw", "-t", "ping", "-m", "x")
+    while mosquitto("mosquitto_pub", port, *args).returncode != 0:
+        assert time.monotonic() < deadline, "mosquitto did not start"
+        time.sleep(0.1)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_dynamic_security_follows_devices_and_channels(dynsec_broker: int, tmp_path: Path) -> None:
+    port = dynsec_broker
+    env = {
+        "MOTES_MQTT_URL": f"mqtt://127.0.0.1:{port}",
+        "MOTES_MQTT_DYNSEC_URL": f"mqtt://admin:admin-pw@127.0.0.1:{port}",
+    }
+    srv = start_server(tmp_path / "data", env=env)
+    http = httpx.Client(base_url=srv.url, headers=AUTH, timeout=30)
+    try:
+        key = expect(http.post("/api/v1/devices", json={"id": "dyn-1"}), 201)["key"]
+
+        def pub(
+            user: str, password: str, topic: str, message: str
+        ) -> subprocess.CompletedProcess[str]:
+            return mosquitto("mosquitto_pub", port, "-V", "mqttv5", "-u", user, "-P", password,
+                             "-q", "1", "-t", topic, "-m", message)  # fmt: skip
+
+        # the device's client appears at the broker, and the worker (its own dynsec client)
+        # subscribes, within moments; until then a publish is refused or has no taker
+        deadline = time.monotonic() + 15
+        while stored(srv, "dyn-1") == 0:
+            assert time.monotonic() < deadline, "nothing from the device reached the store"
+            pub("dyn-1", key, "devices/dyn-1/telemetry", "ext v=1")
+            time.sleep(0.3)
+        assert pub("dyn-1", "mdk_wrong", "devices/dyn-1/telemetry", "ext v=2").returncode != 0
+        denied = pub("dyn-1", key, "devices/other/telemetry", "ext v=3")
+        assert "not authori" in (denied.stderr + denied.stdout).lower()
+        # the worker consumes as the service user dynsec made for it: the data arrived above
+        new_key = expect(http.post("/api/v1/devices/dyn-1/key"), 201)["key"]
+        time.sleep(1)
+        assert pub("dyn-1", key, "devices/dyn-1/telemetry", "ext v=4").returncode != 0
+        assert pub("dyn-1", new_key, "devices/dyn-1/telemetry", "ext v=5").returncode == 0
+        expect(http.post("/api/v1/channels", json={"id": "dyn-ch"}), 201)
+        chan = pub("dyn-1", new_key, "channels/dyn-ch/messages", '[{"n":"t","v":1}]')
+        assert "not authori" in (chan.stderr + chan.stdout).lower()
+        expect(http.put("/api/v1/channels/dyn-ch/devices/dyn-1"), 204)
+        time.sleep(1)
+        chan = pub("dyn-1", new_key, "channels/dyn-ch/messages", '[{"n":"t","v":1}]')
+        assert chan.returncode == 0 and "not authori" not in chan.stderr.lower()
+        expect(http.delete("/api/v1/devices/dyn-1"), 204)
+        time.sleep(1)
+        assert pub("dyn-1", new_key, "devices/dyn-1/telemetry", "ext v=6").returncode != 0
+    finally:
+        http.close()
         srv.stop()

@@ -54,6 +54,7 @@ FORMATS = {
     "cbor": "application/senml+cbor",
 }
 CHANNEL_CACHE_SECONDS = 5.0
+BUCKET_CACHE_SECONDS = 5.0
 Done = Callable[[int, str | None], None]
 MESSAGES_MEASUREMENT = "messages"
 
@@ -96,6 +97,7 @@ class MotesHooks:
         # status and command bookkeeping in order, off the event loop
         self._ordered = ThreadPoolExecutor(1, thread_name_prefix="motes-mqtt-status")
         self._status: list[tuple[str, str, bool, str, int]] = []
+        self._buckets: dict[tuple[str, str], tuple[Bucket, float]] = {}
 
     def close(self) -> None:
         self._ordered.shutdown(wait=True)
@@ -118,7 +120,13 @@ class MotesHooks:
             raise Refused(pk.BAD_USER_NAME_OR_PASSWORD, "the user name must be the device id")
         bucket = None
         if principal.kind == "device":
-            bucket = await asyncio.to_thread(self._bucket, principal.org_id, principal.bucket_id)
+            key = (principal.org_id, principal.bucket_id or self.default_bucket)
+            hit = self._buckets.get(key)
+            if hit is not None and hit[1] > time.monotonic():
+                bucket = hit[0]  # a connect storm: no thread hop per device for its bucket
+            else:
+                bucket = await asyncio.to_thread(self._bucket, *key)
+                self._buckets[key] = (bucket, time.monotonic() + BUCKET_CACHE_SECONDS)
         label = f"{principal.kind} {principal.label or principal.id}"
         device = principal.id if principal.kind == "device" else None
         return Identity(principal.org_id, label, device, Client(principal, bucket))

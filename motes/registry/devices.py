@@ -548,13 +548,9 @@ class Devices:
     def set_connected_many(self, events: list[tuple[str, str, bool, str, int]]) -> None:
         """Several (org, device, connected, reason, at_ns) events in one transaction: a
         broker that 10,000 devices connect to at once must not commit 10,000 times."""
-        noted = []
         with self.engine.begin() as conn:
-            for org_id, device_id, connected, reason, at in events:
-                seen = self._seen.get((org_id, device_id))
-                if status.set_connected(conn, org_id, device_id, connected, reason, at, seen):
-                    noted.append((org_id, device_id, connected, at))
-        for org_id, device_id, connected, at in noted:
+            noted = status.set_connected_many(conn, events, self._seen)
+        for org_id, device_id, connected, _, at in noted:
             if connected and at > self._seen.get((org_id, device_id), 0):
                 self._seen[(org_id, device_id)] = at
 

@@ -113,30 +113,87 @@ def record(conn: sa.Connection, r: Any, status: str, at_ns: int, reason: str) ->
     return bool(done)
 
 
-def set_connected(
-    conn: sa.Connection,
-    org_id: str,
-    device_id: str,
-    connected: bool,
-    reason: str,
-    at_ns: int,
-    seen_ns: int | None,
-) -> bool:
-    """Note an MQTT (dis)connect; False for an unknown device or an event older than the
-    last one noted (a late disconnect of a connection the device has replaced)."""
-    r = row(conn, org_id, device_id)
-    if r is None or at_ns < (latest(r.connected_ns, r.disconnected_ns) or 0):
-        return False
-    moment = {"connected_ns": at_ns} if connected else {"disconnected_ns": at_ns}
-    conn.execute(
-        devices.update()
-        .where(d.org_id == org_id, d.id == device_id)
-        .values(connected=connected, **moment)
-    )
-    # a connect is traffic: a device with an interval is online from its CONNECT on
-    last = latest(r.last_seen_ns, seen_ns, at_ns if connected else None)
-    record(conn, r, status_of(connected, r.expected_interval_seconds, last, at_ns), at_ns, reason)
-    return True
+Event = tuple[str, str, bool, str, int]  # org, device, connected, reason, at_ns
+
+
+def set_connected_many(
+    conn: sa.Connection, events: list[Event], seen: Mapping[tuple[str, str], int]
+) -> list[Event]:
+    """:func:`set_connected` for many events with a few statements (one read per org, one
+    batched update, one batched insert): 10,000 devices connecting at once would otherwise
+    cost 40,000 statements. Answers the events that were noted."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    by_org: dict[str, set[str]] = {}
+    for org_id, device_id, *_ in events:
+        by_org.setdefault(org_id, set()).add(device_id)
+    for org_id, ids in by_org.items():
+        for chunk in _chunks(sorted(ids), 500):
+            found = conn.execute(
+                sa.select(
+                    d.org_id,
+                    d.id,
+                    d.connected,
+                    d.connected_ns,
+                    d.disconnected_ns,
+                    d.expected_interval_seconds,
+                    d.last_seen_ns,
+                    d.status,
+                )
+                .where(d.org_id == org_id, d.id.in_(chunk))
+                .with_for_update()
+            )
+            rows.update({(r.org_id, r.id): dict(r._mapping) for r in found})
+    noted, history = [], []
+    for event in events:
+        org_id, device_id, connected, reason, at = event
+        r = rows.get((org_id, device_id))
+        if r is None or at < (latest(r["connected_ns"], r["disconnected_ns"]) or 0):
+            continue
+        r["connected"] = connected
+        r["connected_ns" if connected else "disconnected_ns"] = at
+        last = latest(r["last_seen_ns"], seen.get((org_id, device_id)), at if connected else None)
+        now = status_of(connected, r["expected_interval_seconds"], last, at)
+        if now != r["status"]:
+            r["status"], r["status_ns"] = now, at
+            history.append(
+                {"org_id": org_id, "device_id": device_id, "at_ns": at, "status": now,
+                 "reason": reason[:MAX_REASON]}
+            )  # fmt: skip
+        noted.append(event)
+    touched = {(e[0], e[1]) for e in noted}
+    changed = [
+        {
+            "o": r["org_id"],
+            "i": r["id"],
+            "c": r["connected"],
+            "cn": r["connected_ns"],
+            "dn": r["disconnected_ns"],
+            "s": r["status"],
+            "sn": r.get("status_ns"),
+        }
+        for key, r in rows.items()
+        if key in touched
+    ]
+    if noted:
+        conn.execute(
+            devices.update()
+            .where(d.org_id == sa.bindparam("o"), d.id == sa.bindparam("i"))
+            .values(
+                connected=sa.bindparam("c"),
+                connected_ns=sa.bindparam("cn"),
+                disconnected_ns=sa.bindparam("dn"),
+                status=sa.bindparam("s"),
+                status_ns=sa.func.coalesce(sa.bindparam("sn"), d.status_ns),
+            ),
+            changed,
+        )
+    if history:
+        conn.execute(device_status_history.insert(), history)
+    return noted
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def refresh(
