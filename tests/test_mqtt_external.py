@@ -237,10 +237,12 @@ def test_motes_worker_consumes_and_exits_cleanly(
     admin = start_server(tmp_path / "admin", env=shared_registry)
     expect(httpx.post(admin.url + "/api/v1/devices", json={"id": "wk-1"}, headers=AUTH), 201)
     data = tmp_path / "worker"
+    log = tmp_path / "worker.log"
+    err = log.open("w")
     worker = subprocess.Popen(
         [sys.executable, "-m", "motes.cli.main", "worker", "--data-dir", str(data),
          "--mqtt-url", f"mqtt://127.0.0.1:{broker}"],
-        env={**env, "MOTES_MQTT_SHARE_GROUP": "wk"}, stderr=subprocess.PIPE, text=True,
+        env={**env, "MOTES_MQTT_SHARE_GROUP": "wk"}, stderr=err, text=True,
     )  # fmt: skip
     try:
         now = time.time_ns()
@@ -254,7 +256,7 @@ def test_motes_worker_consumes_and_exits_cleanly(
             )  # fmt: skip
             assert sent.returncode == 0, sent.stderr
             time.sleep(1)
-            if "consuming from" in _stderr_so_far(worker) or time.monotonic() > deadline:
+            if "consuming from" in log.read_text() or time.monotonic() > deadline:
                 break
         subprocess.run(
             ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker), "-q", "1",
@@ -264,28 +266,14 @@ def test_motes_worker_consumes_and_exits_cleanly(
         time.sleep(1)
     finally:
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(60) == 0
+        assert worker.wait(60) == 0, log.read_text()
+        err.close()
     admin.stop()
     reader = start_server(data, env=shared_registry)  # the worker's store, read back
     try:
         assert stored(reader, "wk-1") >= 1
     finally:
         reader.stop()
-
-
-def _stderr_so_far(proc: subprocess.Popen[str]) -> str:
-    import selectors
-
-    assert proc.stderr is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
-    out = ""
-    while sel.select(0):
-        line = proc.stderr.readline()
-        if not line:
-            break
-        out += line
-    return out
 
 
 # -- Mosquitto dynamic security ------------------------------------------------------------------
