@@ -217,11 +217,17 @@ def test_orgs_have_separate_topic_spaces(server: ServerProcess, http: httpx.Clie
     key_b = expect(made, 201)["key"]
     spy = Paho(server.mqtt_port, "spy", "ops", "test-operator-token")  # org "main" operator
     spy.connect()
-    spy.subscribe("#")
+    assert spy.subscribe("#") == [1]
     b = Paho(server.mqtt_port, "same-name", "same-name", key_b)
     assert b.connect()[0] == 0
     assert b.publish("devices/same-name/telemetry", "env temp=1") == 0
     spy.none_within(0.5)
+    # a device of the spy's own org with the same id is seen (the subscription works)
+    own = client(server, http, "same-name")
+    own.connect()
+    assert own.publish("devices/same-name/telemetry", "env temp=2") == 0
+    assert spy.next().payload == b"env temp=2"
+    own.close()
     b.close()
     spy.close()
 
@@ -455,6 +461,13 @@ def test_sys_topics_for_the_operator_only(server: ServerProcess, http: httpx.Cli
     assert ops.subscribe("$SYS/broker/version") == [1]
     assert ops.next(timeout=15).payload.startswith(b"motes")
     ops.close()
+    scoped = {"description": "reads", "permissions": ["read:devices", "read:buckets"]}
+    token = expect(http.post("/api/v1/tokens", json=scoped), 201)["token"]
+    reader = Paho(server.mqtt_port, "sys-reader", "app", token)
+    assert reader.connect()[0] == 0
+    assert reader.subscribe("$SYS/#") == [0x87]  # not the operator
+    assert reader.subscribe("devices/+/telemetry") == [1]
+    reader.close()
 
 
 # -- hostile traffic -------------------------------------------------------------------------

@@ -60,6 +60,7 @@ class Connection(asyncio.Protocol):
         self.will: pk.Will | None = None
         self.closing = False
         self._connecting = False
+        self._held = False  # a SUBSCRIBE is being checked: later packets wait, in order
         self._buf = bytearray()
         self._out: list[bytes] = []
         self._flush_pending = False
@@ -91,7 +92,7 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         self._buf += data
-        if self._connecting:
+        if self._connecting or self._held:
             if len(self._buf) > 1_048_576:
                 self._pause_reading()
             return
@@ -106,12 +107,16 @@ class Connection(asyncio.Protocol):
         self._detach(session, "connection closed" if exc is None else f"connection lost: {exc}")
 
     def pause_writing(self) -> None:
+        """The client does not read what we send: stop reading what it sends (its acks and
+        answers would pile up in our write buffer otherwise)."""
         self._write_paused = True
+        self._pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self.session is not None:
             self._drain()
+        self._maybe_resume()
 
     # -- reading --------------------------------------------------------------------------
 
@@ -141,6 +146,11 @@ class Connection(asyncio.Protocol):
                     self._publish(pk.decode_publish(first & 0x0F, body, self.version))
                 else:
                     self._handle(pk.decode(first, body, self.version))
+                    if self._held:  # the rest waits for the SUBSCRIBE to be answered
+                        self._buf[0:0] = b"".join(
+                            _reframe(f, b) for f, b in _after(frames, first, body)
+                        )
+                        break
             except pk.MalformedPacket as exc:
                 self._malformed(exc)
                 break
@@ -160,6 +170,8 @@ class Connection(asyncio.Protocol):
         if isinstance(packet, pk.Ack):
             self._ack_received(packet)
         elif isinstance(packet, pk.Subscribe):
+            self._held = True
+            self._pause_reading()
             self.broker.spawn(self._subscribe(packet))
         elif isinstance(packet, pk.Unsubscribe):
             self._unsubscribe(packet)
@@ -193,6 +205,10 @@ class Connection(asyncio.Protocol):
                     return
                 client_id = self._client_id(packet)
                 identity = await broker.hooks.authenticate(packet, self.remote)
+                held = broker.sessions.get(f"{identity.mount}|{client_id}")
+                if held is not None and held.identity.owner != identity.owner:
+                    # another identity's session (its subscriptions, queue, commands)
+                    raise Refused(pk.NOT_AUTHORIZED, "client identifier in use by another identity")
                 if packet.will is not None:
                     self._check_will(identity, packet.will)
                     allowed = broker.hooks.may_publish(identity, packet.will.topic)
@@ -321,13 +337,17 @@ class Connection(asyncio.Protocol):
         if p.qos:
             if p.qos == 2 and p.packet_id in session.incoming_qos2:
                 slot = self._slot(pk.PUBREC, p.packet_id)
-                self._ready(slot, 0, None)  # a resend of one we have: PUBREC again
+                waiting = session.incoming_qos2[p.packet_id]
+                if waiting is None:
+                    self._ready(slot, 0, None)  # a resend of one we have: PUBREC again
+                else:
+                    waiting.append((self, slot))  # PUBREC once the original is durable
                 return
             if len(self._acks) >= self.broker.limits.receive_maximum and self.version == 5:
                 raise pk.MalformedPacket("receive maximum exceeded", pk.RECEIVE_MAXIMUM_EXCEEDED)
             slot = self._slot(pk.PUBACK if p.qos == 1 else pk.PUBREC, p.packet_id)
             if p.qos == 2:
-                session.incoming_qos2.add(p.packet_id)
+                session.incoming_qos2[p.packet_id] = []
         allowed = self.broker.hooks.may_publish(self.identity, topic)
         if allowed is True or allowed is False:
             self._publish_allowed(p, allowed, slot)
@@ -377,7 +397,10 @@ class Connection(asyncio.Protocol):
     def _stored(
         self, p: pk.Publish, received: float, slot: _Slot | None, code: int, reason: str | None
     ) -> None:
+        waiting = self._qos2_settled(p, code < 0x80)
         if code < 0x80:
+            for conn, other in waiting:
+                conn._ready(other, code, reason)
             mount = self.session.identity.mount if self.session else ""
             broker = self.broker
             # most telemetry has no subscriber: no message object, no routing
@@ -392,9 +415,23 @@ class Connection(asyncio.Protocol):
         else:
             self._refuse(p, slot, code, reason)
 
+    def _qos2_settled(self, p: pk.Publish, stored: bool) -> list[Any]:
+        """A QoS 2 publish is stored (kept as such until PUBREL) or not (forgotten: a resend
+        is stored anew); answers the resends that waited for it."""
+        session = self.session
+        if p.qos != 2 or session is None:
+            return []
+        waiting = session.incoming_qos2.get(p.packet_id) or []
+        if stored:
+            session.incoming_qos2[p.packet_id] = None
+        else:
+            session.incoming_qos2.pop(p.packet_id, None)
+            for conn, _ in waiting:
+                conn.shutdown(pk.IMPLEMENTATION_SPECIFIC_ERROR, "the message was not stored")
+        return list(waiting)
+
     def _refuse(self, p: pk.Publish, slot: _Slot | None, code: int, reason: str | None) -> None:
-        if p.qos == 2 and self.session is not None:
-            self.session.incoming_qos2.discard(p.packet_id)
+        self._qos2_settled(p, False)
         if slot is None:
             return
         # 3.1.1 has no negative acknowledgement: acknowledge (the refusal is recorded where
@@ -426,12 +463,8 @@ class Connection(asyncio.Protocol):
         while acks and acks[0].ready:
             done = acks.popleft()
             self._send(pk.encode_ack(done.kind, done.packet_id, version, done.code, done.reason))
-        if (
-            self._read_paused
-            and not self._connecting
-            and len(acks) < self.broker.limits.receive_maximum // 2
-        ):
-            self._resume_reading()
+        if len(acks) < self.broker.limits.receive_maximum // 2:
+            self._maybe_resume()
         self._schedule_flush()
 
     # -- acknowledgements of what we sent --------------------------------------------------
@@ -440,7 +473,7 @@ class Connection(asyncio.Protocol):
         session = self.session
         assert session is not None
         if ack.kind == pk.PUBREL:
-            session.incoming_qos2.discard(ack.packet_id)
+            session.incoming_qos2.pop(ack.packet_id, None)
             code = 0
             self._send(pk.encode_ack(pk.PUBCOMP, ack.packet_id, self.version, code))
             return
@@ -553,6 +586,20 @@ class Connection(asyncio.Protocol):
     # -- SUBSCRIBE / UNSUBSCRIBE ----------------------------------------------------------
 
     async def _subscribe(self, packet: pk.Subscribe) -> None:
+        """Answer a SUBSCRIBE; what the client sent after it waits until then (in order)."""
+        try:
+            await self._subscribe_checked(packet)
+        except Exception:
+            log.exception("MQTT SUBSCRIBE failed (%s)", self.remote)
+            self.shutdown(pk.IMPLEMENTATION_SPECIFIC_ERROR, "the subscription could not be made")
+        finally:
+            self._held = False
+            if not self.closing:
+                self._maybe_resume()
+                if self._buf:
+                    self._process()
+
+    async def _subscribe_checked(self, packet: pk.Subscribe) -> None:
         session, identity = self.session, self.identity
         assert session is not None and identity is not None
         sub_id = (packet.properties.get(pk.SUBSCRIPTION_ID) or [None])[0]
@@ -567,11 +614,11 @@ class Connection(asyncio.Protocol):
                 codes.append(pk.QUOTA_EXCEEDED)  # 0x80 for 3.1.1 clients
                 continue
             code, sub = await self._subscription(given, options, sub_id)
+            if self.closing or self.broker.sessions.get(session.key) is not session:
+                return  # the session ended while we checked: nothing may outlive it
             codes.append(code)
             if sub is not None:
                 granted.append((sub, self.broker.subscribe(session, given, sub)))
-        if self.closing:
-            return
         self._send(pk.encode_suback(packet.packet_id, codes, self.version))
         for sub, new in granted:
             if sub.group is None and (
@@ -635,6 +682,8 @@ class Connection(asyncio.Protocol):
                     self.broker.limits.connect_timeout,
                 )
                 self._close()
+        elif self._read_paused:
+            self._last_rx = now  # we stopped reading (back-pressure): its silence is ours
         elif self.keep_alive and now - self._last_rx > self.keep_alive * 1.5:
             self._detach_reason = "keep-alive timeout"
             self.shutdown(pk.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
@@ -692,6 +741,15 @@ class Connection(asyncio.Protocol):
             session.will_timer = self._loop.call_later(delay, send)
         else:
             send()
+
+    def _maybe_resume(self) -> None:
+        """Read again unless something still holds reading back."""
+        if (
+            self._read_paused
+            and not (self._connecting or self._held or self._write_paused)
+            and len(self._acks) < self.broker.limits.receive_maximum
+        ):
+            self._resume_reading()
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self.transport is not None and not self.closing:

@@ -43,6 +43,7 @@ class Identity:
     label: str  # for logs and $SYS-free statistics, e.g. "device d1" or "token ops"
     device: str | None = None
     context: Any = None  # the platform's own (principal, org, bucket ...)
+    owner: str = ""  # who the credentials belong to: a session is only ever theirs
 
 
 @dataclass(slots=True)
@@ -84,7 +85,9 @@ class Session:
     subscriptions: dict[str, Subscription] = field(default_factory=dict)  # by filter given
     inflight: OrderedDict[int, Outgoing] = field(default_factory=OrderedDict)
     queue: deque[Outgoing] = field(default_factory=deque)
-    incoming_qos2: set[int] = field(default_factory=set)
+    # QoS 2 publishes by packet id: a list of (connection, slot) waiting for the store to
+    # finish (a resend must not get PUBREC before the original is durable), None once stored
+    incoming_qos2: dict[int, list[Any] | None] = field(default_factory=dict)
     connection: Any = None  # Connection while connected
     disconnected_at: float = 0.0
     receive_maximum: int = 65535  # the client's

@@ -129,7 +129,7 @@ class MotesHooks:
                 self._buckets[key] = (bucket, time.monotonic() + BUCKET_CACHE_SECONDS)
         label = f"{principal.kind} {principal.label or principal.id}"
         device = principal.id if principal.kind == "device" else None
-        return Identity(principal.org_id, label, device, Client(principal, bucket))
+        return Identity(principal.org_id, label, device, Client(principal, bucket), principal.actor)
 
     def _bucket(self, org_id: str, name: str | None) -> Bucket:
         return self.registry.find_bucket(org_id, name or self.default_bucket)
@@ -428,14 +428,22 @@ class MotesHooks:
             self._set_connected(session.identity.mount, device, False, why)
 
     def _set_connected(self, org_id: str, device: str, connected: bool, reason: str) -> None:
-        """Queue a status event; one thread writes what has queued in one transaction."""
+        """Queue a status event (on the event loop); what queued during one turn is written
+        in one transaction, in order, by the status thread."""
         self._status.append((org_id, device, connected, reason, time.time_ns()))
         if len(self._status) == 1:
-            self._in_order(self._write_status)
+            asyncio.get_running_loop().call_soon(self._write_status)
 
     def _write_status(self) -> None:
-        events, self._status = self._status, []
-        self.registry.devices.set_connected_many(events)
+        events, self._status = self._status, []  # swapped on the loop: nothing races it
+        future = self._in_order(self.registry.devices.set_connected_many, events)
+
+        def retry(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                self._status[:0] = events  # written again with the next batch
+                asyncio.get_running_loop().call_later(1.0, self._write_status)
+
+        future.add_done_callback(retry)
 
     def _in_order(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,246 @@
+"""The broker core against hand-made hooks and raw sockets: QoS 2 resends and store
+failures, sessions and identities, SUBSCRIBE ordering and sessions that end mid-check."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from motes.mqtt import packets as pk
+from motes.mqtt.broker import Broker, BrokerLimits
+from motes.mqtt.models import Identity, Session
+
+
+class FakeHooks:
+    """user name = device id; a device touches only devices/{id}/...; telemetry is 'stored'
+    by whatever ``store`` does with ``done``."""
+
+    def __init__(self) -> None:
+        self.stored: list[tuple[str, bytes]] = []
+        self.store: Callable[[pk.Publish, Any], None] = self._ok
+        self.subscribe_delay = 0.0
+
+    def _ok(self, p: pk.Publish, done: Any) -> None:
+        self.stored.append((p.topic, p.payload))
+        done(0, None)
+
+    async def authenticate(self, connect: pk.Connect, remote: str) -> Identity:
+        user = connect.username or ""
+        return Identity("org1", f"device {user}", user, owner=f"device:{user}")
+
+    def may_publish(self, identity: Identity, topic: str) -> bool:
+        return topic.split("/")[:2] == ["devices", identity.device]
+
+    def may_subscribe(self, identity: Identity, topic_filter: str) -> bool | Awaitable[bool]:
+        ok = topic_filter.split("/")[:2] == ["devices", identity.device]
+        if not self.subscribe_delay:
+            return ok
+
+        async def later() -> bool:
+            await asyncio.sleep(self.subscribe_delay)
+            return ok
+
+        return later()
+
+    def on_publish(self, identity: Identity, publish: pk.Publish, done: Any) -> bool:
+        if publish.topic.endswith("/telemetry"):
+            self.store(publish, done)
+            return True
+        return False
+
+    def on_denied(self, identity: Identity, topic: str, reason: str) -> None:
+        pass
+
+    def on_connected(self, session: Session) -> None:
+        pass
+
+    def on_subscribed(self, session: Session, filters: list[str]) -> None:
+        pass
+
+    def on_disconnected(self, session: Session, reason: str, will: bool) -> None:
+        pass
+
+
+def _s(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def connect311(client_id: str, user: str, clean: bool) -> bytes:
+    body = _s("MQTT") + bytes([4, 0xC0 | (0x02 if clean else 0)]) + (60).to_bytes(2, "big")
+    body += _s(client_id) + _s(user) + _s("pw")
+    return bytes([0x10, len(body)]) + body
+
+
+def publish(topic: str, payload: bytes, qos: int, packet_id: int, dup: bool = False) -> bytes:
+    body = _s(topic) + (packet_id.to_bytes(2, "big") if qos else b"") + payload
+    return bytes([0x30 | (0x08 if dup else 0) | qos << 1, len(body)]) + body
+
+
+def subscribe(packet_id: int, topic_filter: str, qos: int = 1) -> bytes:
+    body = packet_id.to_bytes(2, "big") + _s(topic_filter) + bytes([qos])
+    return bytes([0x82, len(body)]) + body
+
+
+def unsubscribe(packet_id: int, topic_filter: str) -> bytes:
+    body = packet_id.to_bytes(2, "big") + _s(topic_filter)
+    return bytes([0xA2, len(body)]) + body
+
+
+async def read_packet(reader: asyncio.StreamReader, timeout: float = 2.0) -> bytes:
+    head = await asyncio.wait_for(reader.readexactly(2), timeout)
+    assert head[1] < 128
+    return head + await reader.readexactly(head[1])
+
+
+async def start(hooks: FakeHooks, **limits: Any) -> tuple[Broker, int]:
+    broker = Broker(hooks, BrokerLimits(**limits))  # type: ignore[arg-type]
+    server = await broker.listen("127.0.0.1", 0)
+    return broker, server.sockets[0].getsockname()[1]
+
+
+async def open_client(
+    port: int, client_id: str, user: str, clean: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(connect311(client_id, user, clean))
+    connack = await read_packet(reader)
+    return reader, writer, connack
+
+
+def test_qos2_resend_after_a_failed_store_is_stored_not_just_pubrec_ed() -> None:
+    """3.1.1, persistent session: the store fails, the connection is closed unacknowledged
+    (docs: 'the client resends'). The resend must be stored; a resend answered PUBREC
+    without being stored would be an acknowledged loss."""
+
+    async def run() -> None:
+        hooks = FakeHooks()
+        fail_once = [True]
+
+        def store(p: pk.Publish, done: Any) -> None:
+            if fail_once[0]:
+                fail_once[0] = False
+                done(pk.UNSPECIFIED_ERROR, "disk full")
+                return
+            hooks._ok(p, done)
+
+        hooks.store = store
+        broker, port = await start(hooks)
+        reader, writer, connack = await open_client(port, "c1", "d1", clean=False)
+        assert connack == b"\x20\x02\x00\x00"
+        writer.write(publish("devices/d1/telemetry", b"m v=1", 2, 7))
+        assert await reader.read(100) == b""  # closed, no PUBREC: fine
+        writer.close()
+        reader, writer, connack = await open_client(port, "c1", "d1", clean=False)
+        assert connack == b"\x20\x02\x01\x00"  # session present
+        writer.write(publish("devices/d1/telemetry", b"m v=1", 2, 7, dup=True))
+        assert await read_packet(reader) == b"\x50\x02\x00\x07"  # PUBREC
+        assert hooks.stored == [("devices/d1/telemetry", b"m v=1")], "PUBREC'd but not stored"
+        writer.close()
+        await broker.stop()
+
+    asyncio.run(run())
+
+
+def test_qos2_resend_on_a_new_connection_waits_for_the_original_store() -> None:
+    """The first connection's QoS 2 publish is still being stored when the client reconnects
+    and resends it (DUP). PUBREC must not leave before the store is durable, though the
+    id is already in the session's ``incoming_qos2``."""
+
+    async def run() -> None:
+        hooks = FakeHooks()
+        held: list[Any] = []
+        hooks.store = lambda p, done: held.append(done)  # never durable during the test
+        broker, port = await start(hooks)
+        reader, writer, _ = await open_client(port, "c2", "d1", clean=False)
+        writer.write(publish("devices/d1/telemetry", b"m v=1", 2, 9))
+        await asyncio.sleep(0.1)
+        assert held
+        writer.close()
+        await asyncio.sleep(0.1)
+        reader, writer, connack = await open_client(port, "c2", "d1", clean=False)
+        assert connack[2] == 1
+        writer.write(publish("devices/d1/telemetry", b"m v=1", 2, 9, dup=True))
+        try:
+            got = await read_packet(reader, timeout=0.5)
+        except TimeoutError:
+            got = b""
+        assert got != b"\x50\x02\x00\x09", "PUBREC sent while the message is not durable"
+        writer.close()
+        await broker.stop()
+
+    asyncio.run(run())
+
+
+def test_a_persistent_session_is_not_inherited_by_another_identity() -> None:
+    """Session key = mount|client id: device d2 connecting with the client id device d1 used
+    gets d1's persistent session, its subscriptions (devices/d1/#) and d1's queued messages,
+    though d2 may never subscribe to them itself."""
+
+    async def run() -> None:
+        hooks = FakeHooks()
+        broker, port = await start(hooks)
+        reader, writer, _ = await open_client(port, "shared-id", "d1", clean=False)
+        writer.write(subscribe(1, "devices/d1/#"))
+        assert (await read_packet(reader))[0] == 0x90
+        writer.close()
+        await asyncio.sleep(0.1)
+        # something for d1 while it is away (queued in its session)
+        r1, w1, _ = await open_client(port, "pub", "d1", clean=True)
+        w1.write(publish("devices/d1/secret", b"for d1 only", 1, 1))
+        await read_packet(r1)
+        reader, writer, connack = await open_client(port, "shared-id", "d2", clean=False)
+        leaked = b""
+        with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError):  # refused, closed
+            leaked = await read_packet(reader, timeout=0.5)
+        assert connack[2] == 0, "d2 was handed d1's session (session present)"
+        assert connack[3] == 0x05, "d2 must be refused (not authorized), not given a session"
+        assert b"for d1 only" not in leaked, "d2 received d1's message"
+        writer.close()
+        w1.close()
+        await broker.stop()
+
+    asyncio.run(run())
+
+
+def test_subscribe_answered_after_the_session_ended_leaves_no_subscription() -> None:
+    """SUBSCRIBE runs as a task; when its ACL check awaits and the client leaves meanwhile
+    (clean session: the session ends), the task still adds the subscription to the tree: an
+    orphan that no end_session removes (and that a later session with the same key inherits
+    in routing without having it in session.subscriptions)."""
+
+    async def run() -> None:
+        hooks = FakeHooks()
+        hooks.subscribe_delay = 0.2
+        broker, port = await start(hooks)
+        _reader, writer, _ = await open_client(port, "c3", "d1", clean=True)
+        writer.write(subscribe(1, "devices/d1/#"))
+        await asyncio.sleep(0.05)
+        writer.close()
+        await asyncio.sleep(0.4)
+        assert not broker.sessions
+        assert broker.tree.count == 0, "a subscription of an ended session is still routed"
+        await broker.stop()
+
+    asyncio.run(run())
+
+
+def test_subscribe_then_unsubscribe_in_one_read_ends_unsubscribed() -> None:
+    """SUBSCRIBE is handled in a task, UNSUBSCRIBE inline: sent back to back, the UNSUBSCRIBE
+    runs first and the subscription survives it (and UNSUBACK overtakes SUBACK)."""
+
+    async def run() -> None:
+        hooks = FakeHooks()
+        broker, port = await start(hooks)
+        reader, writer, _ = await open_client(port, "c4", "d1", clean=True)
+        writer.write(subscribe(1, "devices/d1/x") + unsubscribe(2, "devices/d1/x"))
+        first = await read_packet(reader)
+        await read_packet(reader)
+        assert first[0] == 0x90, "UNSUBACK came before the SUBACK of the earlier SUBSCRIBE"
+        assert broker.tree.count == 0, "still subscribed after UNSUBSCRIBE"
+        writer.close()
+        await broker.stop()
+
+    asyncio.run(run())
