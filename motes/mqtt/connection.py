@@ -473,8 +473,8 @@ class Connection(asyncio.Protocol):
         session = self.session
         assert session is not None
         if ack.kind == pk.PUBREL:
-            session.incoming_qos2.pop(ack.packet_id, None)
-            code = 0
+            known = session.incoming_qos2.pop(ack.packet_id, False) is not False
+            code = 0 if known else pk.PACKET_IDENTIFIER_NOT_FOUND  # 3.1.1: plain PUBCOMP
             self._send(pk.encode_ack(pk.PUBCOMP, ack.packet_id, self.version, code))
             return
         out = session.inflight.get(ack.packet_id)

@@ -74,7 +74,6 @@ class Client:
     principal: Principal
     bucket: Bucket | None  # a device's own bucket
     channels: dict[str, tuple[bool, float]] = field(default_factory=dict)  # channel -> ok, until
-    pushed: set[str] = field(default_factory=set)  # command ids sent on this session
 
 
 @dataclass
