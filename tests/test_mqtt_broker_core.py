@@ -10,7 +10,7 @@ from typing import Any
 
 from motes.mqtt import packets as pk
 from motes.mqtt.broker import Broker, BrokerLimits
-from motes.mqtt.models import Identity, Session
+from motes.mqtt.models import Identity, Message, Session
 
 
 class FakeHooks:
@@ -241,6 +241,40 @@ def test_subscribe_then_unsubscribe_in_one_read_ends_unsubscribed() -> None:
         assert first[0] == 0x90, "UNSUBACK came before the SUBACK of the earlier SUBSCRIBE"
         assert broker.tree.count == 0, "still subscribed after UNSUBSCRIBE"
         writer.close()
+        await broker.stop()
+
+    asyncio.run(run())
+
+
+def test_retained_messages_are_capped_in_bytes_per_org() -> None:
+    broker = Broker(FakeHooks(), BrokerLimits(max_retained_bytes=1000))
+    for i in range(5):
+        broker.keep_retained("org1", Message(f"devices/d1/r{i}", b"x" * 300, 0, True, {}))
+    assert len(broker.retained["org1"]) == 3  # the fourth would pass 1,000 bytes
+    broker.keep_retained("org1", Message("devices/d1/r0", b"", 0, True, {}))  # cleared
+    assert broker.retained_bytes["org1"] == 600
+    broker.keep_retained("org1", Message("devices/d1/r9", b"y" * 300, 0, True, {}))
+    assert set(broker.retained["org1"]) == {"devices/d1/r1", "devices/d1/r2", "devices/d1/r9"}
+    broker.keep_retained("other", Message("devices/d1/r0", b"z" * 900, 0, True, {}))
+    assert "devices/d1/r0" in broker.retained["other"]  # another org has its own budget
+
+
+def test_sessions_per_owner_are_capped() -> None:
+    async def run() -> None:
+        hooks = FakeHooks()
+        broker, port = await start(hooks, max_sessions_per_owner=2)
+        conns = []
+        for i in range(2):
+            conns.append(await open_client(port, f"s{i}", "d1", clean=False))
+            assert conns[-1][2][3] == 0
+        _, third_writer, connack = await open_client(port, "s2", "d1", clean=False)
+        assert connack[3] != 0  # refused: quota (3.1.1 shows it as server unavailable/5)
+        _, again_writer, again = await open_client(port, "s0", "d1", clean=False)
+        assert again[3] == 0  # its own existing session is fine
+        for _, writer, _ in conns:
+            writer.close()
+        third_writer.close()
+        again_writer.close()
         await broker.stop()
 
     asyncio.run(run())

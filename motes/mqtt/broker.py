@@ -42,6 +42,8 @@ class BrokerLimits:
     topic_alias_maximum: int = 64
     max_subscriptions: int = 1_000  # per session
     max_retained: int = 100_000  # per org
+    max_retained_bytes: int = 64 * 1024 * 1024  # per org
+    max_sessions_per_owner: int = 1_000  # one device, token or user
     sys_interval: float = 10.0
 
 
@@ -67,6 +69,8 @@ class Broker:
         self.connections: set[Any] = set()
         self.tree = SubscriptionTree()
         self.retained: dict[str, dict[str, Message]] = {}  # mount -> topic -> message
+        self.retained_bytes: dict[str, int] = {}
+        self.owner_sessions: dict[str, int] = {}
         self.stats = Stats()
         self.auth_slots = asyncio.Semaphore(self.limits.max_pending_auth)
         self.on_retained: Callable[[str, str, Message | None], None] | None = None
@@ -135,6 +139,10 @@ class Broker:
         session = self.sessions.pop(key, None)
         if session is None:
             return
+        owner = session.identity.owner
+        self.owner_sessions[owner] = self.owner_sessions.get(owner, 1) - 1
+        if self.owner_sessions[owner] <= 0:
+            del self.owner_sessions[owner]
         for sub in session.subscriptions.values():
             self.tree.remove(self.internal(session.identity.mount, sub.filter), key, sub.group)
 
@@ -225,13 +233,22 @@ class Broker:
 
     def keep_retained(self, mount: str, message: Message) -> None:
         topics = self.retained.setdefault(mount, {})
-        if (
-            message.payload
-            and message.topic not in topics
-            and len(topics) >= self.limits.max_retained
+        old = topics.get(message.topic)
+        growth = len(message.payload) - (len(old.payload) if old else 0)
+        size = self.retained_bytes.get(mount, 0)
+        if message.payload and (
+            (old is None and len(topics) >= self.limits.max_retained)
+            or (growth > 0 and size + growth > self.limits.max_retained_bytes)
         ):
-            log.warning("org %s keeps %d retained messages: not keeping more", mount, len(topics))
+            log.warning(
+                "org %s keeps %d retained messages (%d bytes): not keeping more",
+                mount, len(topics), size,
+            )  # fmt: skip
             return
+        if message.payload:
+            self.retained_bytes[mount] = size + growth
+        elif old is not None:
+            self.retained_bytes[mount] = size - len(old.payload)
         if message.payload:
             kept = Message(
                 message.topic, message.payload, message.qos, True, message.properties,

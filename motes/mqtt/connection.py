@@ -209,6 +209,9 @@ class Connection(asyncio.Protocol):
                 if held is not None and held.identity.owner != identity.owner:
                     # another identity's session (its subscriptions, queue, commands)
                     raise Refused(pk.NOT_AUTHORIZED, "client identifier in use by another identity")
+                owned = broker.owner_sessions.get(identity.owner, 0)
+                if held is None and owned >= broker.limits.max_sessions_per_owner:
+                    raise Refused(pk.QUOTA_EXCEEDED, f"{owned} sessions already: end some first")
                 if packet.will is not None:
                     self._check_will(identity, packet.will)
                     allowed = broker.hooks.may_publish(identity, packet.will.topic)
@@ -278,6 +281,7 @@ class Connection(asyncio.Protocol):
         if session is None:
             session = Session(key, client_id, identity, packet.version, expiry)
             broker.sessions[key] = session
+            broker.owner_sessions[identity.owner] = broker.owner_sessions.get(identity.owner, 0) + 1
         session.identity = identity
         session.version = packet.version
         session.expiry_seconds = expiry
@@ -675,12 +679,10 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         if self.session is None:
-            if not self._connecting and now - self._opened > self.broker.limits.connect_timeout:
-                log.info(
-                    "MQTT %s sent no CONNECT within %ss; closing",
-                    self.remote,
-                    self.broker.limits.connect_timeout,
-                )
+            # a CONNECT being checked gets longer (it may wait for a free check), not forever
+            limit = self.broker.limits.connect_timeout * (3 if self._connecting else 1)
+            if now - self._opened > limit:
+                log.info("MQTT %s: no session after %ss; closing", self.remote, limit)
                 self._close()
         elif self._read_paused:
             self._last_rx = now  # we stopped reading (back-pressure): its silence is ours
