@@ -264,6 +264,17 @@ class _BulkInvalid(Invalid):
         self.errors = errors
 
 
+def _readable_device(request: Request) -> tuple[Principal, Org, str]:
+    """The org and the path's device, which the caller may read: ``read:devices`` or it is
+    the device itself."""
+    principal = authenticate(request)
+    org = resolve_org(request, principal)
+    device_id: str = request.path_params["device"]
+    if not (principal.kind == "device" and principal.id == device_id):
+        need(principal, "read", "devices", device_id)
+    return principal, org, device_id
+
+
 @operation(
     "A device's record: attributes, history, channels, latest values",
     ["devices"],
@@ -271,11 +282,7 @@ class _BulkInvalid(Invalid):
     responses={200: DeviceDetail},
 )
 async def get_device(request: Request) -> Response:
-    principal = authenticate(request)
-    org = resolve_org(request, principal)
-    device_id = request.path_params["device"]
-    if not (principal.kind == "device" and principal.id == device_id):
-        need(principal, "read", "devices", device_id)
+    principal, org, device_id = _readable_device(request)
     registry = request.app.state.registry
     device = await run_in_threadpool(registry.devices.get, org.id, device_id)
     history = await run_in_threadpool(registry.devices.history, org.id, device_id)
@@ -390,11 +397,7 @@ async def revoke_key(request: Request) -> Response:
     responses={200: StatusHistory},
 )
 async def status_history(request: Request) -> Response:
-    principal = authenticate(request)
-    org = resolve_org(request, principal)
-    device_id = request.path_params["device"]
-    if not (principal.kind == "device" and principal.id == device_id):
-        need(principal, "read", "devices", device_id)
+    _, org, device_id = _readable_device(request)
     devices = request.app.state.registry.devices
     await run_in_threadpool(devices.get, org.id, device_id)  # 404 before any 400
     query = parse_query(request, StatusHistoryQuery)
@@ -418,11 +421,7 @@ async def status_history(request: Request) -> Response:
     description="The newest 1000 per device are kept; they appear within about 2 seconds.",
 )
 async def rejections(request: Request) -> Response:
-    principal = authenticate(request)
-    org = resolve_org(request, principal)
-    device_id = request.path_params["device"]
-    if not (principal.kind == "device" and principal.id == device_id):
-        need(principal, "read", "devices", device_id)
+    _, org, device_id = _readable_device(request)
     registry = request.app.state.registry
     await run_in_threadpool(registry.devices.get, org.id, device_id)  # 404 before any 400
     query = parse_query(request, RejectionQuery)
