@@ -635,3 +635,11 @@ def test_mqtt5_properties_are_forwarded_and_expired_messages_dropped(
     again.none_within(0.3)
     again.close()
     dev.close()
+
+
+def test_a_will_on_the_telemetry_topic_is_stored(server: ServerProcess, http: httpx.Client) -> None:
+    dev = client(server, http, "will-store")
+    dev.connect(will=("devices/will-store/telemetry", b"power lost=true", 1, False))
+    dev.drop()
+    rows = until(lambda: points(http, "power", "device=will-store"))
+    assert [r[1] for r in rows] == [True]

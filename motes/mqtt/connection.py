@@ -734,10 +734,17 @@ class Connection(asyncio.Protocol):
             will.topic, will.payload, will.qos, will.retain, props, expires, session.key
         )
         mount = session.identity.mount
+        publish = pk.Publish(will.topic, will.payload, will.qos, will.retain, False, 0, props)
+
+        def route(code: int, reason: str | None) -> None:
+            if code < 0x80:
+                self.broker.publish(mount, message)
 
         def send() -> None:
             session.will_timer = None
-            self.broker.publish(mount, message)
+            # a will on a stored topic (telemetry, a channel) is stored like any publish
+            if not self.broker.hooks.on_publish(session.identity, publish, route):
+                self.broker.publish(mount, message)
 
         if delay:
             session.will_timer = self._loop.call_later(delay, send)
