@@ -7,8 +7,8 @@
 
 Connections (connection.py) parse packets and call in here; ``Hooks`` (models.py) decide who
 may connect, what each client may touch, and which publishes are stored before they are
-acknowledged. State lives in memory; ``SessionStore`` (persistence.py) keeps persistent
-sessions' subscriptions and retained messages across restarts.
+acknowledged. Sessions and retained messages live in memory: a restart ends them (what the
+platform stored before acknowledging survives).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,6 @@ class Broker:
         self.owner_sessions: dict[str, int] = {}
         self.stats = Stats()
         self.auth_slots = asyncio.Semaphore(self.limits.max_pending_auth)
-        self.on_retained: Callable[[str, str, Message | None], None] | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._ticker: asyncio.Task[None] | None = None
         self._share_turn: dict[str, int] = {}
@@ -247,19 +246,13 @@ class Broker:
             return
         if message.payload:
             self.retained_bytes[mount] = size + growth
-        elif old is not None:
-            self.retained_bytes[mount] = size - len(old.payload)
-        if message.payload:
-            kept = Message(
+            topics[message.topic] = Message(
                 message.topic, message.payload, message.qos, True, message.properties,
                 message.expires_at,
             )  # fmt: skip
-            topics[message.topic] = kept
-        else:
-            topics.pop(message.topic, None)
-            kept = None
-        if self.on_retained is not None:
-            self.on_retained(mount, message.topic, kept)
+        elif old is not None:  # an empty retained message clears the topic
+            self.retained_bytes[mount] = size - len(old.payload)
+            del topics[message.topic]
 
     def send_retained(self, session: Session, sub: Any) -> None:
         mount = "" if sub.filter.startswith("$SYS") else session.identity.mount

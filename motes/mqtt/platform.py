@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -91,7 +90,6 @@ class MotesHooks:
         self.ingest = ingest
         self.default_bucket = default_bucket
         self.broker: Router | None = None  # the embedded broker, or the external one
-        self.rejections: deque[Rejection] = deque(maxlen=10_000)
         self.on_rejection: Callable[[Rejection], None] | None = None
         # status and command bookkeeping in order, off the event loop
         self._ordered = ThreadPoolExecutor(1, thread_name_prefix="motes-mqtt-status")
@@ -398,7 +396,6 @@ class MotesHooks:
 
     def reject(self, identity: Identity, device: str | None, topic: str, error: str) -> None:
         item = Rejection(time.time_ns(), identity.mount, device or identity.device, topic, error)
-        self.rejections.append(item)
         if self.on_rejection is not None:
             self.on_rejection(item)
 
