@@ -50,6 +50,9 @@ class FakeHooks:
             return True
         return False
 
+    def stream(self, identity: Identity, topic: str) -> None:
+        return None  # every publish through on_publish
+
     def on_denied(self, identity: Identity, topic: str, reason: str) -> None:
         pass
 

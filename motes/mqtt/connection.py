@@ -13,12 +13,23 @@ import asyncio
 import inspect
 import logging
 import secrets
+import sys
+from array import array
 from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from motes.mqtt import packets as pk
-from motes.mqtt.models import Identity, Message, Outgoing, Refused, Session, monotonic
+from motes.mqtt.models import (
+    Identity,
+    Message,
+    Outgoing,
+    Refused,
+    RunResult,
+    Session,
+    Stream,
+    monotonic,
+)
 from motes.mqtt.topics import Subscription, TopicError, check_filter, check_name
 
 if TYPE_CHECKING:
@@ -36,9 +47,13 @@ SERVER_FAILURES = frozenset(
 
 
 class _Slot:
-    """An acknowledgement owed to the client, sent when it and every earlier one is ready."""
+    """An acknowledgement owed to the client, sent when it and every earlier one is ready.
 
-    __slots__ = ("code", "kind", "packet_id", "ready", "reason")
+    A run's slot (``kind`` RUN) stands for the PUBACKs of a run of publishes handed to a
+    stream together: ``packet_ids`` (0 for a QoS 0 publish), and ``codes`` if not all were
+    stored."""
+
+    __slots__ = ("code", "codes", "kind", "packet_id", "packet_ids", "ready", "reason")
 
     def __init__(self, kind: int, packet_id: int) -> None:
         self.kind = kind
@@ -46,6 +61,18 @@ class _Slot:
         self.code = 0
         self.reason: str | None = None
         self.ready = False
+        self.packet_ids: list[int] = []
+        self.codes: RunResult = None
+
+    def owed(self) -> int:
+        """How many acknowledgements this slot stands for."""
+        if self.kind != RUN:
+            return 1
+        return len(self.packet_ids) - self.packet_ids.count(0)
+
+
+RUN = -1  # the kind of a run's slot
+MAX_STREAMS = 16  # topics per connection whose stream is remembered
 
 
 class Connection(asyncio.Protocol):
@@ -65,6 +92,8 @@ class Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_pending = False
         self._acks: deque[_Slot] = deque()
+        self._owed = 0  # acknowledgements the slots in _acks stand for
+        self._streams: dict[bytes, Stream | None] = {}  # by topic: runs of publishes go there
         self._read_paused = False
         self._write_paused = False
         self._aliases: dict[int, str] = {}
@@ -122,6 +151,11 @@ class Connection(asyncio.Protocol):
 
     def _process(self) -> None:
         broker = self.broker
+        if self.session is not None and self._buf[0] in _RUN_FIRST and not self._held:
+            self._runs()
+            if not self._buf:
+                self._flush()
+                return
         try:
             frames, used = pk.split(self._buf, broker.limits.max_packet_bytes)
         except pk.MalformedPacket as exc:
@@ -155,6 +189,133 @@ class Connection(asyncio.Protocol):
                 self._malformed(exc)
                 break
         self._flush()
+
+    def _runs(self) -> None:
+        """The hot path: back-to-back plain publishes (QoS 0/1, no retain, no properties) to
+        topics with a stream go to it as runs, one acknowledgement slot per run. Stops at
+        the first packet that is anything else (or incomplete), which the general path then
+        takes, so every check it makes still applies to it."""
+        buf = self._buf
+        n = len(buf)
+        pos = 0
+        streams = self._streams
+        v5 = self.version == 5
+        max_size = self.broker.limits.max_packet_bytes
+        room = self.broker.limits.receive_maximum - self._owed
+        stream: Stream | None = None
+        topic = b""
+        payloads: list[bytes] = []
+        ids: list[int] = []
+        while pos + 4 < n:
+            first = buf[pos]
+            if first not in _RUN_FIRST:
+                break
+            i = pos + 1
+            byte = buf[i]
+            length = byte & 0x7F
+            i += 1
+            if byte & 0x80:
+                byte = buf[i]
+                length |= (byte & 0x7F) << 7
+                i += 1
+                if byte & 0x80:
+                    if i >= n:
+                        break
+                    byte = buf[i]
+                    length |= (byte & 0x7F) << 14
+                    i += 1
+                    if byte & 0x80:
+                        break  # 4-byte lengths (and errors) take the general path
+            end = i + length
+            if end > n or length + i - pos > max_size or length < 2:
+                break
+            start = named = i + 2 + (buf[i] << 8 | buf[i + 1])
+            packet_id = 0
+            if first != 0x30:
+                if start + 2 > end:
+                    break
+                packet_id = buf[start] << 8 | buf[start + 1]
+                if not packet_id or len(ids) >= room:
+                    break
+                start += 2
+            if v5:
+                if start >= end or buf[start]:
+                    break  # properties: the general path
+                start += 1
+            if start > end:
+                break
+            name = bytes(buf[i + 2 : named])
+            if name != topic:
+                target = streams[name] if name in streams else self._stream(name)
+                if target is None:
+                    break
+                if payloads:
+                    self._run(stream, topic, payloads, ids)  # type: ignore[arg-type]
+                    payloads, ids = [], []
+                stream, topic = target, name
+            payloads.append(bytes(buf[start:end]))
+            ids.append(packet_id)
+            pos = end
+        if payloads:
+            assert stream is not None
+            self._run(stream, topic, payloads, ids)
+        if pos:
+            del buf[:pos]
+
+    def _stream(self, name: bytes) -> Stream | None:
+        """The stream of topic ``name`` (remembered per connection), None if it has none."""
+        assert self.identity is not None
+        stream = None
+        try:
+            topic = name.decode()
+            check_name(topic)
+        except (UnicodeDecodeError, TopicError):
+            topic = ""  # the general path refuses it with the right reason
+        if topic and not topic.startswith("$"):
+            stream = self.broker.hooks.stream(self.identity, topic)
+        if len(self._streams) < MAX_STREAMS:
+            self._streams[name] = stream
+        return stream
+
+    def _run(self, stream: Stream, topic: bytes, payloads: list[bytes], ids: list[int]) -> None:
+        stats = self.broker.stats
+        stats.received += len(ids)
+        stats.publish_received += len(ids)
+        slot = _Slot(RUN, 0)
+        slot.packet_ids = ids
+        owed = slot.owed()
+        if owed:
+            self._acks.append(slot)
+            self._owed += owed
+            if self._owed >= self.broker.limits.receive_maximum:
+                self._pause_reading()
+        stream.submit(payloads, _RunDone(self, topic, payloads, slot))
+
+    def _run_stored(
+        self, topic: bytes, payloads: list[bytes], slot: _Slot, codes: RunResult
+    ) -> None:
+        """A run is stored (``codes`` None) or settled publish by publish: route what was
+        stored to subscribers, then its acknowledgements are ready."""
+        session = self.session
+        if codes is not None and self.version < 5:
+            failed = next((c for c in codes if c[0] in SERVER_FAILURES), None)
+            if failed is not None:  # nothing acknowledged: the client sends them again
+                self.shutdown(failed[0], failed[1] or "the server could not store the messages")
+                return
+        if session is not None:
+            mount = session.identity.mount
+            name = topic.decode()
+            broker = self.broker
+            if broker.has_subscribers(mount, name):
+                for n, payload in enumerate(payloads):
+                    if codes is None or codes[n][0] < 0x80:
+                        qos = 1 if slot.packet_ids[n] else 0
+                        broker.publish(
+                            mount, Message(name, payload, qos, False, {}, None, session.key)
+                        )
+        if slot.packet_ids:
+            slot.codes = codes
+            self._ready(slot, 0, None)
 
     def _first_packet(self, first: int, body: bytes) -> None:
         if first >> 4 != pk.CONNECT:
@@ -347,7 +508,7 @@ class Connection(asyncio.Protocol):
                 else:
                     waiting.append((self, slot))  # PUBREC once the original is durable
                 return
-            if len(self._acks) >= self.broker.limits.receive_maximum and self.version == 5:
+            if self._owed >= self.broker.limits.receive_maximum and self.version == 5:
                 raise pk.MalformedPacket("receive maximum exceeded", pk.RECEIVE_MAXIMUM_EXCEEDED)
             slot = self._slot(pk.PUBACK if p.qos == 1 else pk.PUBREC, p.packet_id)
             if p.qos == 2:
@@ -454,7 +615,8 @@ class Connection(asyncio.Protocol):
     def _slot(self, kind: int, packet_id: int) -> _Slot:
         slot = _Slot(kind, packet_id)
         self._acks.append(slot)
-        if len(self._acks) >= self.broker.limits.receive_maximum:
+        self._owed += 1
+        if self._owed >= self.broker.limits.receive_maximum:
             self._pause_reading()
         return slot
 
@@ -466,8 +628,15 @@ class Connection(asyncio.Protocol):
         version = self.version
         while acks and acks[0].ready:
             done = acks.popleft()
-            self._send(pk.encode_ack(done.kind, done.packet_id, version, done.code, done.reason))
-        if len(acks) < self.broker.limits.receive_maximum // 2:
+            if done.kind == RUN:
+                self._owed -= done.owed()
+                self._send(_run_acks(done, version))
+            else:
+                self._owed -= 1
+                self._send(
+                    pk.encode_ack(done.kind, done.packet_id, version, done.code, done.reason)
+                )
+        if self._owed < self.broker.limits.receive_maximum // 2:
             self._maybe_resume()
         self._schedule_flush()
 
@@ -756,7 +925,7 @@ class Connection(asyncio.Protocol):
         if (
             self._read_paused
             and not (self._connecting or self._held or self._write_paused)
-            and len(self._acks) < self.broker.limits.receive_maximum
+            and self._owed < self.broker.limits.receive_maximum
         ):
             self._resume_reading()
 
@@ -784,6 +953,41 @@ class _Done:
 
     def __call__(self, code: int, reason: str | None) -> None:
         self.conn._stored(self.publish, self.received, self.slot, code, reason)
+
+
+class _RunDone:
+    """``done(codes)`` for a run of publishes handed to a stream."""
+
+    __slots__ = ("conn", "payloads", "slot", "topic")
+
+    def __init__(self, conn: Connection, topic: bytes, payloads: list[bytes], slot: _Slot):
+        self.conn = conn
+        self.topic = topic
+        self.payloads = payloads
+        self.slot = slot
+
+    def __call__(self, codes: RunResult) -> None:
+        self.conn._run_stored(self.topic, self.payloads, self.slot, codes)
+
+
+_RUN_FIRST = frozenset({0x30, 0x32, 0x3A})  # PUBLISH QoS 0, QoS 1, QoS 1 resent; no retain
+
+
+def _run_acks(slot: _Slot, version: int) -> bytes:
+    """The PUBACKs of a run's QoS 1 publishes, in order."""
+    ids = slot.packet_ids
+    if slot.codes is None:  # 0x40 0x02 and the packet id: one 32-bit big-endian word each
+        acks = array("I", [0x40020000 | i for i in ids if i])
+        if sys.byteorder == "little":
+            acks.byteswap()
+        return acks.tobytes()
+    return b"".join(
+        [
+            pk.encode_ack(pk.PUBACK, i, version, code if version == 5 else 0, reason)
+            for i, (code, reason) in zip(ids, slot.codes, strict=True)
+            if i
+        ]
+    )
 
 
 def _reframe(first: int, body: bytes) -> bytes:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from motes.registry.models import Bucket
 from motes.telemetry import codecs
@@ -221,6 +223,27 @@ class Ingest:
                 item.callback(outcome)
             except Exception:  # one broken callback must not keep the others waiting
                 log.exception("an MQTT publish's completion failed")
+
+
+def split_run(payloads: list[bytes], outcome: Outcome) -> list[Outcome]:
+    """The outcome of payloads stored as one body (joined by newlines), per payload: each
+    with the errors of its own lines, numbered within it. An error of the whole body (no
+    line) is every payload's."""
+    if outcome.failure is not None:
+        return [Outcome(0, [], None, outcome.failure) for _ in payloads]
+    firsts = list(accumulate([p.count(b"\n") + 1 for p in payloads[:-1]], initial=1))
+    each: list[list[PointError]] = [[] for _ in payloads]
+    for error in outcome.errors:
+        if error.line is None:
+            for errors in each:
+                errors.append(error)
+            continue
+        n = bisect_right(firsts, error.line) - 1
+        each[n].append(PointError(error.line - firsts[n] + 1, error.message))
+    return [
+        Outcome(max(0, _lines(payload) - len(errors)), errors) if errors else STORED
+        for payload, errors in zip(payloads, each, strict=True)
+    ]
 
 
 def _lines(payload: bytes) -> int:

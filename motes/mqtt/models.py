@@ -107,6 +107,18 @@ class Session:
         return self.connection is None and now - self.disconnected_at >= self.expiry_seconds
 
 
+#: how a run of publishes ended: None if every one is durable, else one (code, reason) each
+RunResult = list[tuple[int, str | None]] | None
+
+
+class Stream(Protocol):
+    """A topic whose plain publishes the platform stores in runs (:meth:`Hooks.stream`)."""
+
+    def submit(self, payloads: list[bytes], done: Callable[[RunResult], None]) -> None:
+        """Store these payloads, published in this order; ``done`` runs once they are all
+        durable (``None``) or with one ``(code, reason)`` per payload."""
+
+
 class Hooks(Protocol):
     """The platform side of the broker (Motes: motes/mqtt/platform.py)."""
 
@@ -122,6 +134,13 @@ class Hooks(Protocol):
         """False: plain pub/sub. True: the platform stores it and calls ``done(code,
         reason)``; the publish is acknowledged (and routed) only then, with code 0 once
         durable or an error code."""
+
+    def stream(self, identity: Identity, topic: str) -> Stream | None:
+        """The hot path of a stored topic: a connection hands back-to-back publishes to
+        ``topic`` (QoS 0 or 1, not retained, no properties) to the stream together, as
+        ``on_publish`` would have stored them one by one. Asked once per connection and
+        topic, so the answer must not change while the identity holds: None keeps the topic
+        on ``on_publish``."""
 
     def on_denied(self, identity: Identity, topic: str, reason: str) -> None: ...
 

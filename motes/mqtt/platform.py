@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import orjson
 
 from motes.mqtt import packets as pk
-from motes.mqtt.ingest import STORED, Ingest, Outcome
-from motes.mqtt.models import Identity, Message, Refused, Session
+from motes.mqtt.ingest import STORED, Ingest, Outcome, split_run
+from motes.mqtt.models import Identity, Message, Refused, RunResult, Session
 from motes.mqtt.topics import matches
 from motes.registry.models import (
     Bucket,
@@ -73,6 +73,74 @@ class Client:
     principal: Principal
     bucket: Bucket | None  # a device's own bucket
     channels: dict[str, tuple[bool, float]] = field(default_factory=dict)  # channel -> ok, until
+
+
+class TelemetryStream:
+    """Runs of one telemetry topic's publishes: line protocol goes in as one body per run
+    (the payloads joined by newlines), anything else one publish at a time."""
+
+    __slots__ = ("bucket", "content_type", "device", "hooks", "identity", "topic")
+
+    def __init__(
+        self,
+        hooks: MotesHooks,
+        identity: Identity,
+        device: str,
+        bucket: Bucket,
+        topic: str,
+        content_type: str | None,
+    ) -> None:
+        self.hooks = hooks
+        self.identity = identity
+        self.device = device
+        self.bucket = bucket
+        self.topic = topic
+        self.content_type = content_type  # None: told by each payload, as on_publish does
+
+    def submit(self, payloads: list[bytes], done: Callable[[RunResult], None]) -> None:
+        hooks = self.hooks
+        kind = self.content_type
+        if kind == "text/plain" or (kind is None and not any(map(_jsonish, payloads))):
+            joined = payloads[0] if len(payloads) == 1 else b"\n".join(payloads)
+            hooks.ingest.submit(
+                self.bucket,
+                self.device,
+                joined,
+                "text/plain",
+                lambda outcome: hooks._run_stored(self, payloads, outcome, done),
+            )
+            return
+        collect = _Collect(done, len(payloads))
+        suffix = [] if kind is None else [self.topic.rsplit("/", 1)[1]]
+        for n, payload in enumerate(payloads):
+            publish = pk.Publish(self.topic, payload, 1, False, False, 0, {})
+            hooks._telemetry(self.identity, self.device, suffix, publish, collect.slot(n))
+
+
+def _jsonish(payload: bytes) -> bool:
+    return payload.startswith((b"{", b"["))
+
+
+class _Collect:
+    """One ``done(code, reason)`` per publish of a run; the run's ``done`` once all came."""
+
+    __slots__ = ("codes", "done", "failed", "left")
+
+    def __init__(self, done: Callable[[RunResult], None], count: int) -> None:
+        self.done = done
+        self.codes: list[tuple[int, str | None]] = [(0, None)] * count
+        self.left = count
+        self.failed = False
+
+    def slot(self, n: int) -> Done:
+        def settle(code: int, reason: str | None) -> None:
+            self.codes[n] = (code, reason)
+            self.failed = self.failed or code != 0
+            self.left -= 1
+            if not self.left:
+                self.done(self.codes if self.failed else None)
+
+        return settle
 
 
 @dataclass
@@ -227,6 +295,20 @@ class MotesHooks:
             return True
         return False
 
+    def stream(self, identity: Identity, topic: str) -> TelemetryStream | None:
+        """A device's (or a token's) telemetry topic whose bucket is known at CONNECT:
+        runs of its publishes are stored together (see :class:`TelemetryStream`)."""
+        parts = topic.split("/")
+        if len(parts) not in (3, 4) or parts[0] != "devices" or parts[2] != "telemetry":
+            return None
+        client: Client = identity.context
+        if client.bucket is None or self.may_publish(identity, topic) is not True:
+            return None
+        content_type = FORMATS.get(parts[3]) if len(parts) == 4 else None
+        if len(parts) == 4 and content_type is None:
+            return None  # an unknown format: on_publish refuses each publish
+        return TelemetryStream(self, identity, parts[1], client.bucket, topic, content_type)
+
     def _run(self, coro: Coroutine[Any, Any, tuple[int, str | None]], done: Done) -> None:
         assert self.broker is not None
         self.broker.spawn(coro).add_done_callback(lambda task: _finish(task, done))
@@ -267,6 +349,32 @@ class MotesHooks:
             content_type,
             lambda outcome: self._telemetry_done(identity, device, bucket, topic, outcome, done),
         )
+
+    def _run_stored(
+        self,
+        stream: TelemetryStream,
+        payloads: list[bytes],
+        outcome: Outcome,
+        done: Callable[[RunResult], None],
+    ) -> None:
+        """A run stored as one body: settled as a whole when all went in, else per publish
+        (each with the errors of its own lines, as if it had been stored alone)."""
+        identity, device, bucket, topic = (
+            stream.identity,
+            stream.device,
+            stream.bucket,
+            stream.topic,
+        )
+        if outcome is STORED:
+            each = len(payloads)
+            self._telemetry_done(
+                identity, device, bucket, topic, STORED,
+                lambda code, reason: done(None if code == 0 else [(code, reason)] * each),
+            )  # fmt: skip
+            return
+        collect = _Collect(done, len(payloads))
+        for n, part in enumerate(split_run(payloads, outcome)):
+            self._telemetry_done(identity, device, bucket, topic, part, collect.slot(n))
 
     async def _telemetry_for(
         self, identity: Identity, device: str, content_type: str, publish: pk.Publish
