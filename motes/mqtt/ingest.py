@@ -31,6 +31,11 @@ log = logging.getLogger("motes.mqtt")
 # in-loop decoding keeps small messages cheap; a turn with more bytes than this decodes in
 # a worker thread so one big batch does not stall every other connection
 INLINE_DECODE_BYTES = 256 * 1024
+# writes of ours the writer may hold at once (one committing, one waiting): what comes
+# meanwhile waits here and goes in as one batch, so a slow commit makes the next batch
+# bigger instead of queueing many small ones that each cost a decode and a commit
+MAX_WRITES_IN_FLIGHT = 1
+FLUSH_BYTES = 4 * 1024 * 1024  # ... unless this much is waiting
 
 
 @dataclass
@@ -75,6 +80,8 @@ class Ingest:
         self._scheduled = False
         self._retry = retry_seconds
         self._tasks: set[asyncio.Future[None]] = set()
+        self._in_flight = 0  # writes submitted to the writer, not yet durable
+        self._waiting_bytes = 0  # payload bytes in _pending
 
     def submit(
         self,
@@ -92,6 +99,7 @@ class Ingest:
         if batch is None:
             batch = self._pending[bucket.id] = _Batch(bucket)
         batch.items.append(_Item(device, payload, content_type, extra, measurement, callback))
+        self._waiting_bytes += len(payload)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -112,7 +120,10 @@ class Ingest:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._in_flight >= MAX_WRITES_IN_FLIGHT and self._waiting_bytes < FLUSH_BYTES:
+            return  # the next write to become durable flushes (_written)
         pending, self._pending = self._pending, {}
+        self._waiting_bytes = 0
         size = sum(len(i.payload) for b in pending.values() for i in b.items)
         if size > INLINE_DECODE_BYTES:
             task = asyncio.ensure_future(self._decode_in_thread(list(pending.values())))
@@ -182,12 +193,17 @@ class Ingest:
         if pending.future is None:
             self._resolve(batch, None, None, pending.errors)
             return
+        self._in_flight += 1
         wrapped = asyncio.wrap_future(pending.future)
         wrapped.add_done_callback(lambda f: self._written(batch, f, pending.errors))
 
     def _written(
         self, batch: _Batch, future: asyncio.Future[WriteOutcome], errors: list[PointError]
     ) -> None:
+        self._in_flight -= 1
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
         exc = future.exception()
         if exc is not None:
             log.error("MQTT telemetry write failed: %s", exc)
