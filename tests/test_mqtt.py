@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from motes.mqtt import packets as pk
 from tests.conftest import AUTH, ServerProcess, free_port, require_tool, start_server
 from tests.mqtt_clients import V5, V311, Paho, mosquitto
 
@@ -643,3 +644,105 @@ def test_a_will_on_the_telemetry_topic_is_stored(server: ServerProcess, http: ht
     dev.drop()
     rows = until(lambda: points(http, "power", "device=will-store"))
     assert [r[1] for r in rows] == [True]
+
+
+# -- runs of publishes (the hot path) ----------------------------------------------------------
+
+
+class RawClient:
+    """An MQTT client over a plain socket, for sending many packets in one write."""
+
+    def __init__(self, port: int, name: str, key: str, version: int = 5) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = bytearray()
+        self.sock.sendall(pk.encode_connect(name, name, key, 60, True, version))
+        first, body = self.packets(1)[0]
+        assert first == 0x20 and pk.decode_connack(body)[1] == 0
+
+    def packets(self, count: int) -> list[tuple[int, bytes]]:
+        got: list[tuple[int, bytes]] = []
+        while len(got) < count:
+            frames, used = pk.split(self.buf, 1 << 20)
+            del self.buf[:used]
+            got += frames
+            if len(got) < count:
+                data = self.sock.recv(65536)
+                assert data, f"connection closed after {len(got)} of {count} packets"
+                self.buf += data
+        return got
+
+    def pubacks(self, count: int) -> list[tuple[int, int]]:
+        """The next ``count`` PUBACKs: (packet id, reason code)."""
+        frames = self.packets(count)
+        assert {first for first, _ in frames} == {0x40}, frames
+        return [(int.from_bytes(b[:2], "big"), b[2] if len(b) > 2 else 0) for _, b in frames]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_run_of_publishes_is_acked_in_order_each_with_its_own_code(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    """200 publishes in one write take the hot path (one body per run). A bad message in
+    the middle gets its own PUBACK code and rejection entry; the others are stored and
+    acknowledged as if they had come one by one."""
+    key = device(http, "run-dev")
+    raw = RawClient(server.mqtt_port, "run-dev", key)
+    base = time.time_ns()
+    payloads = [f"runm v={i} {base + i}".encode() for i in range(1, 201)]
+    payloads[99] = b"this is not line protocol"  # message 100: nothing in it is good
+    payloads[149] = f"runm v=150 {base + 150}\nrunm v=oops=1".encode()  # 150: line 2 bad
+    raw.sock.sendall(
+        b"".join(
+            pk.encode_publish("devices/run-dev/telemetry", p, 1, False, False, n, 5)
+            for n, p in enumerate(payloads, 1)
+        )
+    )
+    acks = raw.pubacks(200)
+    raw.close()
+    assert [packet_id for packet_id, _ in acks] == list(range(1, 201))
+    codes = {packet_id: code for packet_id, code in acks if code}
+    assert codes == {100: 0x99}  # message 150 was partly stored: a success with a report
+    stored = until(lambda: len(points(http, "runm", "device=run-dev")) == 199 or None)
+    assert stored, f"{len(points(http, 'runm', 'device=run-dev'))} points stored, not 199"
+    found = until(
+        lambda: (
+            len(r := expect(http.get("/api/v1/devices/run-dev/rejections"))["rejections"]) >= 2
+            and r
+        )
+    )
+    errors = sorted(r["error"] for r in found)
+    assert errors[0].startswith("line 1: ") and "nothing stored" in errors[0], errors
+    assert errors[1].startswith("line 2: ") and "1 point(s) stored" in errors[1], errors
+
+
+def test_a_run_reaches_subscribers_in_order_and_json_runs_are_stored(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    """Seed-000 JSON and mixed QoS 0 / 1 in one write: each stored, QoS 1 ones acked in
+    order, and a subscriber gets every message in the order it was published."""
+    key = device(http, "run-json")
+    watcher = Paho(server.mqtt_port, "run-watch", "ops", "test-operator-token")
+    watcher.connect()
+    assert watcher.subscribe("devices/run-json/telemetry") == [1]
+    raw = RawClient(server.mqtt_port, "run-json", key, version=4)
+    now_ms = time.time_ns() // 1_000_000
+    payloads = [
+        json.dumps({"tsdata": [{"timestamp": now_ms + i, "runj": float(i)}]}).encode()
+        for i in range(1, 51)
+    ]
+    qos = [0 if n % 5 == 0 else 1 for n in range(1, 51)]  # every fifth: QoS 0, no PUBACK
+    raw.sock.sendall(
+        b"".join(
+            pk.encode_publish("devices/run-json/telemetry", p, q, False, False, n if q else 0, 4)
+            for n, (p, q) in enumerate(zip(payloads, qos, strict=True), 1)
+        )
+    )
+    acks = raw.pubacks(40)
+    raw.close()
+    assert [packet_id for packet_id, _ in acks] == [n for n in range(1, 51) if n % 5]
+    assert [watcher.next().payload for _ in payloads] == payloads
+    watcher.close()
+    rows = until(lambda: len(r := points(http, "telemetry", "device=run-json")) == 50 and r)
+    assert rows and sorted(row[-1] for row in rows) == [float(i) for i in range(1, 51)], rows

@@ -21,6 +21,9 @@ class FakeHooks:
         self.stored: list[tuple[str, bytes]] = []
         self.store: Callable[[pk.Publish, Any], None] = self._ok
         self.subscribe_delay = 0.0
+        self.streams = False  # telemetry through stream() runs instead of on_publish
+        self.runs: list[list[bytes]] = []
+        self.run_store: Callable[[list[bytes], Any], None] = lambda payloads, done: done(None)
 
     def _ok(self, p: pk.Publish, done: Any) -> None:
         self.stored.append((p.topic, p.payload))
@@ -50,7 +53,9 @@ class FakeHooks:
             return True
         return False
 
-    def stream(self, identity: Identity, topic: str) -> None:
+    def stream(self, identity: Identity, topic: str) -> FakeStream | None:
+        if self.streams and topic.endswith("/telemetry") and self.may_publish(identity, topic):
+            return FakeStream(self)
         return None  # every publish through on_publish
 
     def on_denied(self, identity: Identity, topic: str, reason: str) -> None:
@@ -64,6 +69,15 @@ class FakeHooks:
 
     def on_disconnected(self, session: Session, reason: str, will: bool) -> None:
         pass
+
+
+class FakeStream:
+    def __init__(self, hooks: FakeHooks) -> None:
+        self.hooks = hooks
+
+    def submit(self, payloads: list[bytes], done: Any) -> None:
+        self.hooks.runs.append(payloads)
+        self.hooks.run_store(payloads, done)
 
 
 def _s(text: str) -> bytes:
@@ -278,6 +292,130 @@ def test_sessions_per_owner_are_capped() -> None:
             writer.close()
         third_writer.close()
         again_writer.close()
+        await broker.stop()
+
+    asyncio.run(run())
+
+
+# -- runs: back-to-back publishes handed to a stream together ------------------------------------
+
+
+def connect5(client_id: str, user: str) -> bytes:
+    return pk.encode_connect(client_id, user, "pw", 60, True, 5)
+
+
+async def read_all(reader: asyncio.StreamReader, timeout: float = 1.0) -> bytes:
+    """What arrives until the connection is closed or ``timeout`` passes without data."""
+    got = b""
+    with contextlib.suppress(TimeoutError):
+        while data := await asyncio.wait_for(reader.read(65536), timeout):
+            got += data
+    return got
+
+
+def test_runs_and_single_publishes_are_acked_in_publish_order() -> None:
+    """Telemetry runs, a PINGREQ and publishes after it (the general path) in one write:
+    every PUBACK in publish order, the runs' payloads in order, QoS 0 without an ack."""
+
+    async def run() -> None:
+        hooks = FakeHooks()
+        hooks.streams = True
+        held: list[Any] = []
+        hooks.run_store = lambda payloads, done: held.append(done)  # durable later
+        broker, port = await start(hooks)
+        reader, writer, _ = await open_client(port, "c", "d1", clean=True)
+        t = "devices/d1/telemetry"
+        writer.write(
+            publish(t, b"a", 1, 1) + publish(t, b"b", 0, 0) + publish(t, b"c", 1, 2)
+            + bytes([0xC0, 0])  # PINGREQ
+            + publish(t, b"d", 1, 3) + publish("devices/d1/other", b"e", 1, 4)
+        )  # fmt: skip
+        assert await read_packet(reader) == b"\xd0\x00"  # PINGRESP: acks wait for the run
+        assert hooks.runs == [[b"a", b"b", b"c"]]
+        assert hooks.stored == [("devices/d1/telemetry", b"d")]  # after PINGREQ: one by one
+        with contextlib.suppress(TimeoutError):
+            early = await read_packet(reader, timeout=0.3)
+            raise AssertionError(f"acknowledged before the run was durable: {early!r}")
+        held[0](None)
+        acks = [await read_packet(reader) for _ in range(4)]
+        assert acks == [b"\x40\x02\x00" + bytes([n]) for n in (1, 2, 3, 4)]
+        writer.close()
+        await broker.stop()
+
+    asyncio.run(run())
+
+
+def test_a_failed_run_closes_a_311_connection_unacknowledged() -> None:
+    """3.1.1 has no negative PUBACK: when the store fails, nothing of the run is acked and
+    the connection closes, so the client sends the messages again."""
+
+    async def run() -> None:
+        hooks = FakeHooks()
+        hooks.streams = True
+        hooks.run_store = lambda payloads, done: done(
+            [(pk.UNSPECIFIED_ERROR, "disk full")] * len(payloads)
+        )
+        broker, port = await start(hooks)
+        reader, writer, _ = await open_client(port, "c", "d1", clean=True)
+        t = "devices/d1/telemetry"
+        writer.write(publish(t, b"a", 1, 1) + publish(t, b"b", 1, 2))
+        assert await read_all(reader) == b""  # closed, no PUBACK
+        writer.close()
+        await broker.stop()
+
+    asyncio.run(run())
+
+
+def test_a_run_answers_each_v5_publish_with_its_own_reason_code() -> None:
+    async def run() -> None:
+        hooks = FakeHooks()
+        hooks.streams = True
+        hooks.run_store = lambda payloads, done: done(
+            [(0x99, "bad") if p == b"bad" else (0, None) for p in payloads]
+        )
+        broker, port = await start(hooks)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(connect5("c5", "d1"))
+        assert (await read_packet(reader))[0] == 0x20
+        t = "devices/d1/telemetry"
+        writer.write(
+            b"".join(
+                pk.encode_publish(t, p, 1, False, False, n, 5)
+                for n, p in enumerate([b"ok", b"bad", b"ok"], 1)
+            )
+        )
+        assert await read_packet(reader) == b"\x40\x02\x00\x01"
+        nack = await read_packet(reader)
+        assert nack[:5] == b"\x40" + bytes([len(nack) - 2]) + b"\x00\x02\x99"
+        assert nack.endswith(b"bad")  # the reason string
+        assert await read_packet(reader) == b"\x40\x02\x00\x03"
+        writer.close()
+        await broker.stop()
+
+    asyncio.run(run())
+
+
+def test_a_run_past_the_receive_maximum_is_a_protocol_error_in_v5() -> None:
+    """Runs count toward the receive maximum like single publishes: the v5 client that
+    sends more unacknowledged QoS 1 publishes than the broker allows is disconnected
+    (0x93), and the publishes within the limit are all that reached the platform."""
+
+    async def run() -> None:
+        hooks = FakeHooks()
+        hooks.streams = True
+        hooks.run_store = lambda payloads, done: None  # never durable
+        broker, port = await start(hooks, receive_maximum=5)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(connect5("c5", "d1"))
+        assert (await read_packet(reader))[0] == 0x20
+        t = "devices/d1/telemetry"
+        writer.write(
+            b"".join(pk.encode_publish(t, b"x", 1, False, False, n, 5) for n in range(1, 8))
+        )
+        got = await read_all(reader)
+        assert got[:1] == b"\xe0" and got[2] == pk.RECEIVE_MAXIMUM_EXCEEDED, got
+        assert sum(map(len, hooks.runs)) == 5  # the window's worth; the sixth is the error
+        writer.close()
         await broker.stop()
 
     asyncio.run(run())
