@@ -103,6 +103,26 @@ def test_batch_equals_one_body_at_a_time(
         assert_same_as_one_by_one(bodies, devices, precision)
 
 
+@settings(max_examples=100 * SCALE, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_BATCHES, st.booleans())
+def test_joined_lines_number_every_body_on_from_the_last(
+    batch: list[tuple[bytes, str | None]], fast: bool
+) -> None:
+    """With ``joined_lines`` the points are the same, each line shifted by the lines of the
+    bodies before it: a point's body is found again from its line number alone."""
+    bodies, devices = [b for b, _ in batch], [d for _, d in batch]
+    with mock.patch.object(lineprotocol, "FAST_PATH_MIN_BYTES", 0 if fast else 2**20):
+        joined, errors = decode_batch(bodies, devices, joined_lines=True)
+        expected, expected_errors = one_by_one(bodies, devices)
+    assert errors == expected_errors  # errors stay per body
+    firsts = lineprotocol.joined_firsts(bodies).tolist() if bodies else []
+    shifted = Counter()
+    for first, decoded in zip(firsts, expected, strict=True):
+        for (line, *rest), n in point_multiset(decoded).items():
+            shifted[(line + first - 1, *rest)] += n
+    assert point_multiset(joined) == shifted
+
+
 # -- examples ---------------------------------------------------------------------------------
 
 
@@ -118,6 +138,9 @@ def test_error_lines_are_relative_to_their_body() -> None:
     (frame,) = batch.frames
     assert frame.lines is not None and frame.lines.to_pylist() == [1, 1, 1]
     assert frame.tagsets.to_pylist() == ["device=a", "device=b", "device=c"]
+    joined, _ = decode_batch(bodies, ["a", "b", "c", "d"], joined_lines=True)
+    assert lineprotocol.joined_firsts(bodies).tolist() == [1, 3, 7, 8]
+    assert joined.frames[0].lines.to_pylist() == [1, 3, 7]
 
 
 def test_device_tag_mismatch_rejects_only_that_line() -> None:

@@ -19,10 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from motes.registry.models import Bucket
 from motes.telemetry import codecs
 from motes.telemetry.codecs import lineprotocol
-from motes.telemetry.models import Decoded, Overloaded, PointError, TelemetryError
+from motes.telemetry.models import Decoded, Frame, Overloaded, PointError, TelemetryError
 from motes.telemetry.service import TelemetryService
 from motes.telemetry.store.protocol import WriteOutcome
 
@@ -55,7 +59,7 @@ STORED = Outcome(1, [])
 Callback = Callable[[Outcome], None]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # items compare by identity
 class _Item:
     device: str | None
     payload: bytes
@@ -64,7 +68,8 @@ class _Item:
     measurement: str
     callback: Callback
     decoded: Decoded | None = None
-    points: int | None = None  # stored points, when its frames went in with others'
+    first: int = 1  # its first line number in the batch (see Ingest._decode)
+    rows: int = 0  # points (lines, records) it has in the frames
 
 
 @dataclass
@@ -147,33 +152,57 @@ class Ingest:
 
     def _decode(self, batch: _Batch) -> None:
         """One line-protocol decode for every device's messages of the turn (each point
-        still gets its own message's device tag, each error stays with its message)."""
+        still gets its own message's device tag, each error stays with its message).
+
+        Every item gets its own range of line numbers in the batch (``_Item.first``): line
+        protocol as its bodies joined, anything else after it. So an error of a later stage
+        (retention, schema, a type conflict in the store) names a line that says whose
+        point it was."""
         lines = [
             i for i in batch.items if codecs.is_line_protocol(i.content_type) and i.extra is None
         ]
-        for item in batch.items:
-            if item.extra is not None or not codecs.is_line_protocol(item.content_type):
-                item.decoded = _decode_one(item)
+        others = [i for i in batch.items if i not in lines]
+        after = 0  # the last line number given out
         if len(lines) == 1:
-            lines[0].decoded = _decode_one(lines[0])
+            item = lines[0]
+            item.decoded = _decode_one(item)
+            item.first, item.rows = 1, _rows(item.decoded.frames)
+            after = item.payload.count(b"\n") + 1
         elif lines:
-            try:
-                decoded, errors = lineprotocol.decode_batch(
-                    [i.payload for i in lines], [i.device for i in lines]
-                )
-            except Exception:  # a codec bug must not take the broker down: one by one
-                log.exception("batch decoding of MQTT payloads failed")
-                for item in lines:
-                    item.decoded = _decode_one(item)
-                return
-            lines[0].decoded = Decoded(frames=decoded.frames)
-            for n, item in enumerate(lines):
-                if errors[n]:
-                    frames = item.decoded.frames if item.decoded else []
-                    item.decoded = Decoded(frames=frames, errors=errors[n])
-                    item.points = _lines(item.payload) - len(errors[n])  # its good lines
-                elif n:
-                    item.decoded = Decoded()
+            after = self._decode_lines(lines)
+        for item in others:
+            item.decoded = _decode_one(item)
+            item.first, item.rows = after + 1, _rows(item.decoded.frames)
+            after += _renumber(item.decoded.frames, after)
+
+    def _decode_lines(self, lines: list[_Item]) -> int:
+        """Many line-protocol items in one decode; answers the last line number used."""
+        payloads = [i.payload for i in lines]
+        firsts = lineprotocol.joined_firsts(payloads)
+        try:
+            decoded, errors = lineprotocol.decode_batch(
+                payloads, [i.device for i in lines], joined_lines=True
+            )
+        except Exception:  # a codec bug must not take the broker down: one by one
+            log.exception("batch decoding of MQTT payloads failed")
+            decoded = Decoded()
+            errors = []
+            for item, first in zip(lines, firsts.tolist(), strict=True):
+                one = _decode_one(item)
+                _renumber(one.frames, first - 1)
+                decoded.frames += one.frames
+                errors.append(one.errors)
+        rows = np.zeros(len(lines), np.int64)
+        for frame in decoded.frames:
+            if frame.lines is not None and len(frame):
+                owner = np.searchsorted(firsts, frame.lines.to_numpy(), "right") - 1
+                rows += np.bincount(owner, minlength=len(lines))
+        for n, item in enumerate(lines):
+            item.first, item.rows = int(firsts[n]), int(rows[n])
+            item.decoded = Decoded(errors=errors[n])
+        lines[0].decoded = Decoded(frames=decoded.frames, errors=errors[0])  # they carry all
+        last = lines[-1]
+        return last.first + last.payload.count(b"\n")
 
     # -- write ----------------------------------------------------------------------------
 
@@ -219,26 +248,56 @@ class Ingest:
         failure: str | None,
         batch_errors: list[PointError] | None = None,
     ) -> None:
-        shared = batch_errors or []  # errors of the write itself: reported with the first
-        for n, item in enumerate(batch.items):
-            decoded = item.decoded
+        later = _by_item(batch.items, batch_errors or [])  # of the write, not the decode
+        for item, own in zip(batch.items, later, strict=True):
+            decoded = item.decoded or Decoded()
             outcome: Outcome
-            if failure is None and (n or not shared) and decoded is not None:
-                if not decoded.errors and decoded.attributes is None:
-                    outcome = STORED
-                else:
-                    errors = list(decoded.errors)
-                    points = decoded.point_count if item.points is None else item.points
-                    outcome = Outcome(points, errors, decoded.attributes)
+            if failure is None and not own and not decoded.errors and decoded.attributes is None:
+                outcome = STORED
+            elif failure is not None:
+                outcome = Outcome(0, list(decoded.errors), decoded.attributes, failure)
             else:
-                decoded = decoded or Decoded()
-                errors = list(decoded.errors) + (shared if n == 0 else [])
-                points = decoded.point_count if failure is None else 0
-                outcome = Outcome(points, errors, decoded.attributes, failure)
+                whole = any(e.line is None for e in own)  # nothing of it was written
+                stored = 0 if whole else max(0, item.rows - len(own))
+                outcome = Outcome(stored, [*decoded.errors, *own], decoded.attributes)
             try:
                 item.callback(outcome)
             except Exception:  # one broken callback must not keep the others waiting
                 log.exception("an MQTT publish's completion failed")
+
+
+def _by_item(items: list[_Item], errors: list[PointError]) -> list[list[PointError]]:
+    """A write's errors, each with the item whose line it names (renumbered within it);
+    one without a line (the whole write was refused) is every item's."""
+    each: list[list[PointError]] = [[] for _ in items]
+    if not errors:
+        return each
+    order = sorted(range(len(items)), key=lambda n: items[n].first)
+    firsts = [items[n].first for n in order]
+    for error in errors:
+        if error.line is None:
+            for own in each:
+                own.append(error)
+            continue
+        at = order[max(0, bisect_right(firsts, error.line) - 1)]
+        each[at].append(PointError(error.line - items[at].first + 1, error.message))
+    return each
+
+
+def _rows(frames: list[Frame]) -> int:
+    return sum(len(frame) for frame in frames)
+
+
+def _renumber(frames: list[Frame], offset: int) -> int:
+    """Shift the frames' line numbers by ``offset``; answers how many lines they span."""
+    span = 1
+    for frame in frames:
+        if frame.lines is None or not len(frame):
+            continue
+        span = max(span, int(pc.max(frame.lines).as_py()))
+        if offset:
+            frame.lines = pc.add(frame.lines, pa.scalar(offset, frame.lines.type))
+    return span
 
 
 def split_run(payloads: list[bytes], outcome: Outcome) -> list[Outcome]:
@@ -256,8 +315,9 @@ def split_run(payloads: list[bytes], outcome: Outcome) -> list[Outcome]:
             continue
         n = bisect_right(firsts, error.line) - 1
         each[n].append(PointError(error.line - firsts[n] + 1, error.message))
+    whole = any(error.line is None for error in outcome.errors)
     return [
-        Outcome(max(0, _lines(payload) - len(errors)), errors) if errors else STORED
+        Outcome(0 if whole else max(0, _lines(payload) - len(errors)), errors) if errors else STORED
         for payload, errors in zip(payloads, each, strict=True)
     ]
 

@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from motes.telemetry.codecs import columns as col
 from motes.telemetry.codecs.columns import Ints
@@ -97,7 +99,11 @@ def decode_reference(body: bytes, precision: str = "ns", *, device: str | None =
 
 
 def decode_batch(
-    bodies: Sequence[bytes], devices: Sequence[str | None], precision: str = "ns"
+    bodies: Sequence[bytes],
+    devices: Sequence[str | None],
+    precision: str = "ns",
+    *,
+    joined_lines: bool = False,
 ) -> tuple[Decoded, list[list[PointError]]]:
     """Decode many bodies, ``devices[i]`` being the device of ``bodies[i]`` (as
     ``decode(bodies[i], precision, device=devices[i])`` takes it).
@@ -110,6 +116,11 @@ def decode_batch(
     Points of one series may come in another order. A body that :func:`decode` would
     refuse whole (over 1 GiB, too sparse) gets the single error ``PointError(None, why)``.
     An unknown ``precision`` raises :class:`DecodeError` for the whole batch.
+
+    ``joined_lines``: ``Frame.lines`` count on across bodies, as if they were joined by
+    newlines in order (body *i* starts at 1 + the lines of the bodies before it, a body
+    having its newlines + 1), so that what a later stage refuses can be traced back to its
+    body (:func:`joined_firsts`). The errors returned stay per body.
     """
     col.precision_factor(precision)  # an unknown one fails the whole batch, up front
     if len(bodies) != len(devices):
@@ -117,9 +128,12 @@ def decode_batch(
     errors: list[list[PointError]] = [[] for _ in bodies]
     if not bodies:
         return Decoded(), errors
+    bases = joined_firsts(bodies) - 1 if joined_lines else np.zeros(len(bodies), np.int64)
     if sum(map(len, bodies)) + len(bodies) <= MAX_BODY_BYTES:  # the common case: one pass
         everything = list(range(len(bodies)))
-        return Decoded(frames=_decode_chunk(bodies, devices, everything, precision, errors)), errors
+        return Decoded(
+            frames=_decode_chunk(bodies, devices, everything, precision, errors, bases)
+        ), errors
     frames: list[Frame] = []
     chunk: list[int] = []
     size = 0
@@ -128,13 +142,20 @@ def decode_batch(
             errors[i] = [PointError(None, _too_big(body))]
             continue
         if size + len(body) + 1 > MAX_BODY_BYTES:  # Arrow string offsets are int32
-            frames += _decode_chunk(bodies, devices, chunk, precision, errors)
+            frames += _decode_chunk(bodies, devices, chunk, precision, errors, bases)
             chunk, size = [], 0
         chunk.append(i)
         size += len(body) + 1
     if chunk:
-        frames += _decode_chunk(bodies, devices, chunk, precision, errors)
+        frames += _decode_chunk(bodies, devices, chunk, precision, errors, bases)
     return Decoded(frames=frames), errors
+
+
+def joined_firsts(bodies: Sequence[bytes]) -> Ints:
+    """The number of each body's first line in the bodies joined by newlines (1-based)."""
+    counts = np.array([body.count(b"\n") + 1 for body in bodies], np.int64)
+    firsts: Ints = np.cumsum(counts) - counts + 1
+    return firsts
 
 
 def _decode_chunk(
@@ -143,8 +164,10 @@ def _decode_chunk(
     which: list[int],
     precision: str,
     errors: list[list[PointError]],
+    bases: Ints,
 ) -> list[Frame]:
-    """Decode the bodies numbered ``which`` together; fill their ``errors``."""
+    """Decode the bodies numbered ``which`` together; fill their ``errors``. Frame lines
+    are within each body, plus that body's ``bases`` entry."""
     if len(which) == 1:
         try:
             decoded = decode(all_bodies[which[0]], precision, device=all_devices[which[0]])
@@ -152,6 +175,11 @@ def _decode_chunk(
             errors[which[0]] = [PointError(None, exc.message)]
             return []
         errors[which[0]] = decoded.errors
+        base = int(bases[which[0]])
+        if base:
+            for frame in decoded.frames:
+                if frame.lines is not None:
+                    frame.lines = pc.add(frame.lines, pa.scalar(base, frame.lines.type))
         return decoded.frames
     factor = col.precision_factor(precision)
     bodies = [all_bodies[i] for i in which]
@@ -187,12 +215,12 @@ def _decode_chunk(
     for b, message in refused.items():
         errors[which[b]] = [PointError(None, message)]
     try:
-        frames = _to_frames(points, firsts)
+        frames = _to_frames(points, firsts, bases[which])
     except DecodeError:  # too sparse together, though no body is alone: halve the batch
         half = len(which) // 2
         return [
-            *_decode_chunk(all_bodies, all_devices, which[:half], precision, errors),
-            *_decode_chunk(all_bodies, all_devices, which[half:], precision, errors),
+            *_decode_chunk(all_bodies, all_devices, which[:half], precision, errors, bases),
+            *_decode_chunk(all_bodies, all_devices, which[half:], precision, errors, bases),
         ]
     for error in sorted([*line_errors, *conflicts], key=lambda e: e.line or 0):
         line = error.line or 0  # line protocol errors always have one
@@ -276,8 +304,9 @@ def _drop_too_sparse(p: col.Points, firsts: Ints) -> tuple[col.Points, dict[int,
     return p.take_rows(~np.isin(body, list(refused))), refused
 
 
-def _to_frames(p: col.Points, firsts: Ints) -> list[Frame]:
-    """Canonical frames, one per measurement and field types; lines within each body."""
+def _to_frames(p: col.Points, firsts: Ints, bases: Ints) -> list[Frame]:
+    """Canonical frames, one per measurement and field types; lines within each body
+    (plus the body's entry in ``bases``)."""
     groups = col.field_groups(p)
     kinds = p.kind[groups.order]
     sizes = groups.ends - groups.starts
@@ -286,7 +315,7 @@ def _to_frames(p: col.Points, firsts: Ints) -> list[Frame]:
     if split:
         p = _split_by_types(p, groups, body)
         groups = col.field_groups(p)
-    frames = col.to_frames(replace(p, line=p.line - firsts[body] + 1), groups)
+    frames = col.to_frames(replace(p, line=p.line - firsts[body] + 1 + bases[body]), groups)
     if split:
         for frame in frames:
             frame.measurement = frame.measurement.partition("\n")[0]
