@@ -22,6 +22,7 @@ from motes.mqtt.topics import (
     Subscription,
     SubscriptionTree,
     TopicError,
+    TopicIndex,
     check_filter,
     check_name,
     matches,
@@ -1225,3 +1226,33 @@ def test_unsupported_protocol_level_gets_connack_0x01(name: str, level: int):
     written, closed = _answer_to(frame(0x10, connect_body(name, level)))
     assert written == b"\x20\x02\x00\x01"
     assert closed
+
+
+@FUZZ
+@given(
+    st.lists(_TOPIC_NAME, max_size=12),
+    st.lists(_filter(), min_size=1, max_size=6),
+    st.data(),
+)
+def test_topic_index_agrees_with_matches(
+    topics: list[str], filters: list[str], data: st.DataObject
+):
+    """The retained-message index finds by filter exactly what ``matches`` would, also after
+    topics are removed (their branches pruned)."""
+    index: TopicIndex[str] = TopicIndex()
+    live: dict[str, str] = {}
+    for n, topic in enumerate(topics):
+        index.set(topic, f"v{n}")
+        live[topic] = f"v{n}"
+    for topic in data.draw(
+        st.lists(st.sampled_from(topics), unique=True) if topics else st.just([])
+    ):
+        assert index.pop(topic) == live.pop(topic)
+        assert index.pop(topic) is None
+    assert len(index) == len(live) and dict(index.items()) == live
+    for f in filters:
+        check_filter(f)
+        assert sorted(index.match(f)) == sorted((t, v) for t, v in live.items() if matches(f, t)), f
+    for topic in list(live):
+        index.pop(topic)
+    assert index._root.children == {}  # nothing left behind

@@ -25,7 +25,7 @@ from typing import Any
 from motes import __version__
 from motes.mqtt import packets as pk
 from motes.mqtt.models import Hooks, Message, Outgoing, Session, monotonic
-from motes.mqtt.topics import SubscriptionTree, matches
+from motes.mqtt.topics import SubscriptionTree, TopicIndex
 
 log = logging.getLogger("motes.mqtt")
 
@@ -68,7 +68,7 @@ class Broker:
         self.sessions: dict[str, Session] = {}
         self.connections: set[Any] = set()
         self.tree = SubscriptionTree()
-        self.retained: dict[str, dict[str, Message]] = {}  # mount -> topic -> message
+        self.retained: dict[str, TopicIndex[Message]] = {}  # mount -> topic -> message
         self.retained_bytes: dict[str, int] = {}
         self.owner_sessions: dict[str, int] = {}
         self.stats = Stats()
@@ -231,7 +231,9 @@ class Broker:
     # -- retained messages ----------------------------------------------------------------
 
     def keep_retained(self, mount: str, message: Message) -> None:
-        topics = self.retained.setdefault(mount, {})
+        topics = self.retained.get(mount)
+        if topics is None:
+            topics = self.retained[mount] = TopicIndex()
         old = topics.get(message.topic)
         growth = len(message.payload) - (len(old.payload) if old else 0)
         size = self.retained_bytes.get(mount, 0)
@@ -246,21 +248,25 @@ class Broker:
             return
         if message.payload:
             self.retained_bytes[mount] = size + growth
-            topics[message.topic] = Message(
+            topics.set(message.topic, Message(
                 message.topic, message.payload, message.qos, True, message.properties,
                 message.expires_at,
-            )  # fmt: skip
+            ))  # fmt: skip
         elif old is not None:  # an empty retained message clears the topic
             self.retained_bytes[mount] = size - len(old.payload)
-            del topics[message.topic]
+            topics.pop(message.topic)
 
     def send_retained(self, session: Session, sub: Any) -> None:
         mount = "" if sub.filter.startswith("$SYS") else session.identity.mount
         now = monotonic()
-        for topic, message in list(self.retained.get(mount, {}).items()):
+        topics = self.retained.get(mount)
+        if topics is None:
+            return
+        for topic, message in topics.match(sub.filter):
             if message.expired(now):
-                del self.retained[mount][topic]
-            elif matches(sub.filter, topic):
+                topics.pop(topic)
+                self.retained_bytes[mount] -= len(message.payload)
+            else:
                 self.deliver(session, message, sub, True)
 
     # -- $SYS -----------------------------------------------------------------------------

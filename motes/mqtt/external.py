@@ -44,6 +44,12 @@ FILTERS = (
     "channels/+/messages/#",
 )
 Locate = Callable[[str, str], tuple[str, str | None] | None]  # (kind, id) -> (org, bucket)
+IDENTITY_SECONDS = 30.0  # how long a looked-up device or channel is taken as known
+
+
+def _subject(topic: str) -> tuple[str, str]:
+    kind, _, rest = topic.partition("/")
+    return kind, rest.partition("/")[0]
 
 
 class ExternalBroker:
@@ -81,6 +87,9 @@ class ExternalBroker:
         self._next_id = 0
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # (kind, id) -> (valid until, identity or None): the registry is not asked per message
+        self._identities: dict[tuple[str, str], tuple[float, Identity | None]] = {}
+        self._held: deque[tuple[pk.Publish, list[Any] | None, Any]] = deque()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -115,6 +124,7 @@ class ExternalBroker:
             self.connected.clear()
             self._writer = None
             self._acks.clear()  # unacknowledged: the broker sends them again
+            self._held.clear()
             delay = 0.5 if time.monotonic() - started > 10 else min(delay * 2, 15)
             await asyncio.sleep(delay)
 
@@ -195,14 +205,52 @@ class ExternalBroker:
         if p.qos:
             slot = [p.packet_id, False, pk.PUBACK if p.qos == 1 else pk.PUBREC]
             self._acks.append(slot)
-        identity = self._identity(p.topic)
+        held = (p, slot, self._writer)
+        if self._held:  # an earlier one waits for its device to be looked up: after it
+            self._held.append(held)
+            return
+        known, identity = self._known(p.topic)
+        if not known:
+            self._held.append(held)
+            self.spawn(self._look_up_held())
+            return
+        self._deliver(*held, identity)
+
+    def _known(self, topic: str) -> tuple[bool, Identity | None]:
+        """(True, identity) if the topic's device or channel was looked up lately."""
+        hit = self._identities.get(_subject(topic))
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
+    async def _look_up_held(self) -> None:
+        """Look the held publishes' devices up in a thread (the registry is a database), then
+        deliver them in the order they came."""
+        while self._held:
+            p, slot, writer = self._held[0]
+            known, identity = self._known(p.topic)
+            if not known:
+                try:
+                    identity = await asyncio.to_thread(self._identity, p.topic)
+                except Exception:
+                    log.exception("external MQTT: looking up %r failed", p.topic)
+                    self._held.clear()  # unacknowledged: the broker sends them again
+                    if self._writer is not None:
+                        self._writer.close()
+                    return
+                until = time.monotonic() + IDENTITY_SECONDS
+                self._identities[_subject(p.topic)] = (until, identity)
+            self._held.popleft()
+            if writer is self._writer:  # else that connection is gone: they come again
+                self._deliver(p, slot, writer, identity)
+
+    def _deliver(self, p: pk.Publish, slot: list[Any] | None, writer: Any, identity: Any) -> None:
         if identity is None:
             log.warning(
                 "external MQTT: no device or channel for %r; acknowledged, not stored", p.topic
             )
             self._done(slot, True)
             return
-        writer = self._writer
 
         def done(code: int, reason: str | None) -> None:
             self._stored(code, slot, writer)
@@ -231,6 +279,7 @@ class ExternalBroker:
             self._write(pk.encode_ack(kind, packet_id, 4))
 
     def _identity(self, topic: str) -> Identity | None:
+        """Who published on ``topic`` (from the registry: run it in a thread)."""
         parts = topic.split("/")
         kind = "device" if parts[0] == "devices" else "channel"
         found = self.locate(kind, parts[1])

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -72,6 +73,7 @@ class MqttServer:
             )
             registry.devices.listen(self.dynsec.device_event)
         self.ports: dict[str, int] = {}
+        self._on_command: Callable[[Any], None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -88,7 +90,8 @@ class MqttServer:
         commands = getattr(self.hooks.registry, "commands", None)
         if commands is not None:
             loop = asyncio.get_running_loop()
-            commands.listen(lambda c: self.hooks.command_created(c, loop))
+            self._on_command = lambda c: self.hooks.command_created(c, loop)
+            commands.listen(self._on_command)
 
     async def _listen(self, name: str, port: int, context: ssl.SSLContext | None) -> None:
         host = self.settings.http_host
@@ -120,6 +123,12 @@ class MqttServer:
         return context
 
     async def stop(self) -> None:
+        commands = getattr(self.hooks.registry, "commands", None)
+        if commands is not None and self._on_command is not None:
+            commands.unlisten(self._on_command)
+            self._on_command = None
+        if self.dynsec is not None:
+            self.hooks.registry.devices.unlisten(self.dynsec.device_event)
         if self.external is not None:
             await self.external.stop()
         if self.dynsec is not None:

@@ -12,7 +12,11 @@ first level starting with ``$``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
 
 MAX_TOPIC_BYTES = 1024
 MAX_LEVELS = 32
@@ -212,3 +216,111 @@ class SubscriptionTree:
             # a shared subscription is its group *and* filter: one copy for each (MQTT 4.8.2)
             first = next(iter(members.values()))
             shared.setdefault(f"$share/{group}/{first.filter}", []).extend(members.values())
+
+
+class _Place(Generic[V]):
+    __slots__ = ("children", "topic", "value")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Place[V]] = {}
+        self.topic = ""
+        self.value: V | None = None
+
+
+class TopicIndex(Generic[V]):
+    """Values by topic name (retained messages), found by topic filter without looking at
+    every topic: a SUBSCRIBE to ``devices/d1/#`` walks d1's branch, not the org's 100,000
+    retained topics. Wildcards follow :func:`matches`."""
+
+    def __init__(self) -> None:
+        self._root: _Place[V] = _Place()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, topic: str) -> bool:
+        return self.get(topic) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return (topic for topic, _ in self.items())
+
+    def get(self, topic: str) -> V | None:
+        place = self._root
+        for level in topic.split("/"):
+            child = place.children.get(level)
+            if child is None:
+                return None
+            place = child
+        return place.value
+
+    def set(self, topic: str, value: V) -> None:
+        place = self._root
+        for level in topic.split("/"):
+            place = place.children.setdefault(level, _Place())
+        self._count += place.value is None
+        place.topic, place.value = topic, value
+
+    def pop(self, topic: str) -> V | None:
+        levels = topic.split("/")
+        path = [self._root]
+        for level in levels:
+            nxt = path[-1].children.get(level)
+            if nxt is None:
+                return None
+            path.append(nxt)
+        value, path[-1].value = path[-1].value, None
+        if value is None:
+            return None
+        self._count -= 1
+        for depth in range(len(levels), 0, -1):  # prune what no longer leads anywhere
+            if path[depth].children or path[depth].value is not None:
+                break
+            del path[depth - 1].children[levels[depth - 1]]
+        return value
+
+    def items(self) -> Iterator[tuple[str, V]]:
+        return self._below(self._root, skip_dollar=False)
+
+    def match(self, topic_filter: str) -> list[tuple[str, V]]:
+        """(topic, value) of every topic ``topic_filter`` matches."""
+        found: list[tuple[str, V]] = []
+        self._walk(self._root, topic_filter.split("/"), 0, found)
+        return found
+
+    def _walk(
+        self, place: _Place[V], levels: list[str], i: int, found: list[tuple[str, V]]
+    ) -> None:
+        if i == len(levels):
+            if place.value is not None:
+                found.append((place.topic, place.value))
+            return
+        level = levels[i]
+        if level == "#":  # the rest, and the parent level itself ("a/#" matches "a")
+            if place.value is not None and i:
+                found.append((place.topic, place.value))
+            found.extend(self._below(place, skip_dollar=i == 0, include_self=False))
+        elif level == "+":
+            for name, child in place.children.items():
+                if not (i == 0 and name.startswith("$")):
+                    self._walk(child, levels, i + 1, found)
+        else:
+            named = place.children.get(level)
+            if named is not None:
+                self._walk(named, levels, i + 1, found)
+
+    @staticmethod
+    def _below(
+        place: _Place[V], *, skip_dollar: bool, include_self: bool = True
+    ) -> Iterator[tuple[str, V]]:
+        stack = [place]
+        first = True
+        while stack:
+            here = stack.pop()
+            if here.value is not None and (include_self or not first):
+                yield here.topic, here.value
+            if first and skip_dollar:
+                stack.extend(c for n, c in here.children.items() if not n.startswith("$"))
+            else:
+                stack.extend(here.children.values())
+            first = False

@@ -136,6 +136,12 @@ class Commands:
         with self._lock:
             self._listeners.append(callback)
 
+    def unlisten(self, callback: Callable[[Command], None]) -> None:
+        """Stop calling ``callback`` (a stopped broker must not be handed commands)."""
+        with self._lock:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
     def create(
         self,
         org_id: str,

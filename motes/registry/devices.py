@@ -167,6 +167,18 @@ def _device_permissions(perms: Iterable[str]) -> list[str]:
     return [str(p) for p in dict.fromkeys(parsed)]
 
 
+# a device's last-seen time, only ever forward (flush_seen)
+_SEEN = (
+    devices.update()
+    .where(
+        devices.c.org_id == sa.bindparam("o"),
+        devices.c.id == sa.bindparam("d"),
+        sa.or_(devices.c.last_seen_ns.is_(None), devices.c.last_seen_ns < sa.bindparam("s")),
+    )
+    .values(last_seen_ns=sa.bindparam("s"))
+)
+
+
 class Devices:
     def __init__(self, engine: Engine, cache: TTLCache) -> None:
         self.engine = engine
@@ -181,6 +193,10 @@ class Devices:
         """Call ``callback`` after each committed change of a device's credentials, state or
         channels (mirrors such as Mosquitto's dynamic security follow them)."""
         self._listeners.append(callback)
+
+    def unlisten(self, callback: Callable[[DeviceEvent], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
 
     def _emit(self, kind: str, org_id: str, device_id: str, **more: Any) -> None:
         event = DeviceEvent(kind, org_id, device_id, **more)
@@ -515,17 +531,9 @@ class Devices:
         pending = list(self._seen.items())
         if not pending:
             return
+        rows = [{"o": org_id, "d": device_id, "s": seen} for (org_id, device_id), seen in pending]
         with self.engine.begin() as conn:
-            for (org_id, device_id), seen in pending:
-                conn.execute(
-                    devices.update()
-                    .where(
-                        devices.c.org_id == org_id,
-                        devices.c.id == device_id,
-                        sa.or_(devices.c.last_seen_ns.is_(None), devices.c.last_seen_ns < seen),
-                    )
-                    .values(last_seen_ns=seen)
-                )
+            conn.execute(_SEEN, rows)  # one statement, executed for each row
         for key, seen in pending:
             if self._seen.get(key) == seen:
                 self._seen.pop(key, None)
