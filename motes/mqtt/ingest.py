@@ -158,10 +158,11 @@ class Ingest:
         protocol as its bodies joined, anything else after it. So an error of a later stage
         (retention, schema, a type conflict in the store) names a line that says whose
         point it was."""
-        lines = [
-            i for i in batch.items if codecs.is_line_protocol(i.content_type) and i.extra is None
-        ]
-        others = [i for i in batch.items if i not in lines]
+        lines: list[_Item] = []
+        others: list[_Item] = []
+        for item in batch.items:
+            plain = item.extra is None and codecs.is_line_protocol(item.content_type)
+            (lines if plain else others).append(item)
         after = 0  # the last line number given out
         if len(lines) == 1:
             item = lines[0]
