@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -30,6 +31,12 @@ from motes.telemetry.store.protocol import TelemetryStore, WriteOutcome, WriteRe
 log = logging.getLogger(__name__)
 
 Maintenance = Callable[[bool], None]
+# DuckDB drops and takes back the GIL many times while it runs one statement; each time the
+# writer waits until the thread holding it (the event loop) reaches its switch interval.
+# During a commit that interval is 50 µs instead of the server's 200 µs: small MQTT commits
+# got shorter under load, and a shorter interval for the whole process had cost the HTTP
+# ingest 10-30 % (measured with bench/mqtt.py and bench/ingest_query.py).
+COMMIT_SWITCH_INTERVAL = 0.00005
 
 
 class GroupCommitWriter:
@@ -145,6 +152,8 @@ class GroupCommitWriter:
                 _fail(fut, exc)
 
     def _commit(self, items: list[tuple[WriteRequest, int, Future[WriteOutcome]]]) -> None:
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(COMMIT_SWITCH_INTERVAL)
         try:
             outcomes = self._store.write([req for req, _, _ in items])
         except Exception as exc:  # the store failed: nothing in this group is acked
@@ -155,6 +164,7 @@ class GroupCommitWriter:
             for (_, _, fut), outcome in zip(items, outcomes, strict=True):
                 _resolve(fut, outcome)
         finally:
+            sys.setswitchinterval(switch)
             with self._cond:
                 self._queued_points -= sum(points for _, points, _ in items)
 
