@@ -419,3 +419,54 @@ def test_a_run_past_the_receive_maximum_is_a_protocol_error_in_v5() -> None:
         await broker.stop()
 
     asyncio.run(run())
+
+
+def test_a_publish_with_an_empty_topic_is_refused_with_its_reason_code() -> None:
+    """The run path leaves it to the general path, which answers it (DISCONNECT 0x82 in
+    MQTT 5): no exception escapes into the event loop."""
+
+    async def run() -> None:
+        hooks = FakeHooks()
+        hooks.streams = True
+        broker, port = await start(hooks)
+        errors: list[Any] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: errors.append(ctx))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(connect5("c5", "d1"))
+        assert (await read_packet(reader))[0] == 0x20
+        writer.write(pk.encode_publish("", b"m v=1", 1, False, False, 1, 5))
+        got = await read_all(reader)
+        assert got[:1] == b"\xe0" and got[2] == pk.TOPIC_NAME_INVALID, got
+        assert not errors, errors[0].get("exception")
+        assert hooks.runs == [] and hooks.stored == []
+        writer.close()
+        await broker.stop()
+
+    asyncio.run(run())
+
+
+def test_the_receive_maximum_holds_across_runs_to_different_topics() -> None:
+    """A v5 client alternating two telemetry topics cuts a run at every publish: the
+    runs together still count toward the receive maximum."""
+
+    async def run() -> None:
+        hooks = FakeHooks()
+        hooks.streams = True
+        hooks.run_store = lambda payloads, done: None  # never durable
+        broker, port = await start(hooks, receive_maximum=5)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(connect5("c5", "d1"))
+        assert (await read_packet(reader))[0] == 0x20
+        topics = ["devices/d1/telemetry", "devices/d1/x/telemetry"]
+        writer.write(
+            b"".join(
+                pk.encode_publish(topics[n % 2], b"x", 1, False, False, n, 5) for n in range(1, 41)
+            )
+        )
+        got = await read_all(reader)
+        assert got[:1] == b"\xe0" and got[2] == pk.RECEIVE_MAXIMUM_EXCEEDED, got
+        assert sum(map(len, hooks.runs)) == 5
+        writer.close()
+        await broker.stop()
+
+    asyncio.run(run())

@@ -84,3 +84,38 @@ def test_split_run_gives_each_payload_its_own_lines() -> None:
     assert parts[3].errors == [PointError(1, "too old")] and parts[3].rejected
     whole = split_run(payloads, Outcome(0, [PointError(None, "bucket deleted")]))
     assert all(p.rejected for p in whole)
+
+
+def test_a_run_settles_field_types_per_publish(tmp_path: Path) -> None:
+    """A run's payloads are one item but separate bodies: a publish with the wrong field
+    type is refused alone; the next one of the run, of the right type, is stored."""
+    now = time.time_ns()
+    first = f"m f=1.5 {now}".encode()
+    wrong, right = f"m f=1i {now + 1}".encode(), f"m f=2.5 {now + 2}".encode()
+    store = DuckDBStore(tmp_path / "telemetry.duckdb")
+    writer = GroupCommitWriter(store, max_queued_points=100_000)
+    writer.start()
+    service = TelemetryService(store, writer, lambda bucket, measurement: None)
+
+    async def run() -> tuple[Outcome, Outcome]:
+        ingest = Ingest(service)
+        await ingest.store(BUCKET, "d1", first, "text/plain")  # f is a float from now on
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        ingest.submit(BUCKET, "d1", wrong + b"\n" + right, "text/plain", done.set_result,
+                      parts=[wrong, right])  # fmt: skip
+        a, b = split_run([wrong, right], await done)
+        return a, b
+
+    try:
+        a, b = asyncio.run(run())
+    finally:
+        writer.stop()
+    assert a.rejected and [e.line for e in a.errors] == [1]
+    assert b is STORED
+
+
+def test_split_run_does_not_count_comments_as_stored_points() -> None:
+    payloads = [b"# sensor 7\nm v= 1", b"m v=2"]
+    a, b = split_run(payloads, Outcome(1, [PointError(2, "missing field value")]))
+    assert a.rejected and a.written == 0
+    assert b is STORED

@@ -201,9 +201,9 @@ class Connection(asyncio.Protocol):
         streams = self._streams
         v5 = self.version == 5
         max_size = self.broker.limits.max_packet_bytes
-        room = self.broker.limits.receive_maximum - self._owed
+        limit = self.broker.limits.receive_maximum
         stream: Stream | None = None
-        topic = b""
+        topic: bytes | None = None
         payloads: list[bytes] = []
         ids: list[int] = []
         while pos + 4 < n:
@@ -235,8 +235,8 @@ class Connection(asyncio.Protocol):
                 if start + 2 > end:
                     break
                 packet_id = buf[start] << 8 | buf[start + 1]
-                if not packet_id or len(ids) >= room:
-                    break
+                if not packet_id or self._owed + len(ids) >= limit:
+                    break  # (runs cut earlier are in _owed already)
                 start += 2
             if v5:
                 if start >= end or buf[start]:
@@ -249,15 +249,14 @@ class Connection(asyncio.Protocol):
                 target = streams[name] if name in streams else self._stream(name)
                 if target is None:
                     break
-                if payloads:
-                    self._run(stream, topic, payloads, ids)  # type: ignore[arg-type]
+                if stream is not None and topic is not None and payloads:
+                    self._run(stream, topic, payloads, ids)
                     payloads, ids = [], []
                 stream, topic = target, name
             payloads.append(bytes(buf[start:end]))
             ids.append(packet_id)
             pos = end
-        if payloads:
-            assert stream is not None
+        if stream is not None and topic is not None and payloads:
             self._run(stream, topic, payloads, ids)
         if pos:
             del buf[:pos]

@@ -121,12 +121,16 @@ class ExternalBroker:
                 raise
             except Exception as exc:
                 log.warning("external MQTT broker %s:%d: %s", self.host, self.port, exc)
-            self.connected.clear()
-            self._writer = None
-            self._acks.clear()  # unacknowledged: the broker sends them again
-            self._held.clear()
+            self._disconnected()
             delay = 0.5 if time.monotonic() - started > 10 else min(delay * 2, 15)
             await asyncio.sleep(delay)
+
+    def _disconnected(self) -> None:
+        """Forget the connection's unacknowledged messages: the broker sends them again."""
+        self.connected.clear()
+        self._writer = None
+        self._acks.clear()
+        self._held = deque()  # a look-up still running keeps (and drops) the old one
 
     async def _session(self) -> None:
         context = ssl.create_default_context() if self.tls else None
@@ -225,22 +229,26 @@ class ExternalBroker:
 
     async def _look_up_held(self) -> None:
         """Look the held publishes' devices up in a thread (the registry is a database), then
-        deliver them in the order they came."""
-        while self._held:
-            p, slot, writer = self._held[0]
+        deliver them in the order they came. A reconnect gives the new connection a queue of
+        its own; this task then finishes the old one without delivering (the broker sends
+        those messages again)."""
+        held = self._held
+        while held:
+            p, slot, writer = held[0]
             known, identity = self._known(p.topic)
             if not known:
                 try:
                     identity = await asyncio.to_thread(self._identity, p.topic)
                 except Exception:
                     log.exception("external MQTT: looking up %r failed", p.topic)
-                    self._held.clear()  # unacknowledged: the broker sends them again
-                    if self._writer is not None:
-                        self._writer.close()
+                    held.clear()  # unacknowledged: the broker sends them again
+                    if writer is self._writer and writer is not None:
+                        writer.close()
                     return
-                until = time.monotonic() + IDENTITY_SECONDS
-                self._identities[_subject(p.topic)] = (until, identity)
-            self._held.popleft()
+                if identity is not None:  # an unknown id may be created any moment
+                    until = time.monotonic() + IDENTITY_SECONDS
+                    self._identities[_subject(p.topic)] = (until, identity)
+            held.popleft()
             if writer is self._writer:  # else that connection is gone: they come again
                 self._deliver(p, slot, writer, identity)
 

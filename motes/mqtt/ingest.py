@@ -67,6 +67,7 @@ class _Item:
     extra: dict[str, str] | None
     measurement: str
     callback: Callback
+    parts: list[bytes] | None = None  # line protocol: the bodies payload joins
     decoded: Decoded | None = None
     first: int = 1  # its first line number in the batch (see Ingest._decode)
     rows: int = 0  # points (lines, records) it has in the frames
@@ -97,13 +98,19 @@ class Ingest:
         callback: Callback,
         extra: dict[str, str] | None = None,
         measurement: str = "telemetry",
+        parts: list[bytes] | None = None,
     ) -> None:
         """Queue a payload; ``callback(outcome)`` runs on the event loop once it is durable
-        (or refused). No future per message: at tens of thousands a second they cost."""
+        (or refused). No future per message: at tens of thousands a second they cost.
+
+        ``parts``: line-protocol ``payload`` is these bodies joined by newlines (a run of
+        MQTT publishes), each decoded as a body of its own (field types are settled per
+        body), with line numbers counted through the joined payload."""
         batch = self._pending.get(bucket.id)
         if batch is None:
             batch = self._pending[bucket.id] = _Batch(bucket)
-        batch.items.append(_Item(device, payload, content_type, extra, measurement, callback))
+        item = _Item(device, payload, content_type, extra, measurement, callback, parts)
+        batch.items.append(item)
         self._waiting_bytes += len(payload)
         if not self._scheduled:
             self._scheduled = True
@@ -144,9 +151,13 @@ class Ingest:
             for batch in batches:
                 self._decode(batch)
 
-        await asyncio.to_thread(decode_all)
-        for batch in batches:
-            self._write(batch)
+        self._in_flight += 1  # later batches wait: they must not be written before these
+        try:
+            await asyncio.to_thread(decode_all)
+            for batch in batches:
+                self._write(batch)
+        finally:
+            self._in_flight -= 1
 
     # -- decode ---------------------------------------------------------------------------
 
@@ -164,7 +175,7 @@ class Ingest:
             plain = item.extra is None and codecs.is_line_protocol(item.content_type)
             (lines if plain else others).append(item)
         after = 0  # the last line number given out
-        if len(lines) == 1:
+        if len(lines) == 1 and lines[0].parts is None:
             item = lines[0]
             item.decoded = _decode_one(item)
             item.first, item.rows = 1, _rows(item.decoded.frames)
@@ -177,33 +188,45 @@ class Ingest:
             after += _renumber(item.decoded.frames, after)
 
     def _decode_lines(self, lines: list[_Item]) -> int:
-        """Many line-protocol items in one decode; answers the last line number used."""
-        payloads = [i.payload for i in lines]
-        firsts = lineprotocol.joined_firsts(payloads)
+        """Many line-protocol items (of one or more bodies each) in one decode; answers the
+        last line number used."""
+        bodies: list[bytes] = []
+        devices: list[str | None] = []
+        starts: list[int] = []  # each item's first body
+        for item in lines:
+            starts.append(len(bodies))
+            parts = item.parts or [item.payload]
+            bodies += parts
+            devices += [item.device] * len(parts)
+        firsts = lineprotocol.joined_firsts(bodies)
         try:
-            decoded, errors = lineprotocol.decode_batch(
-                payloads, [i.device for i in lines], joined_lines=True
-            )
+            decoded, errors = lineprotocol.decode_batch(bodies, devices, joined_lines=True)
         except Exception:  # a codec bug must not take the broker down: one by one
             log.exception("batch decoding of MQTT payloads failed")
-            decoded = Decoded()
-            errors = []
-            for item, first in zip(lines, firsts.tolist(), strict=True):
+            decoded, errors = Decoded(), [[] for _ in bodies]
+            for item, start in zip(lines, starts, strict=True):
                 one = _decode_one(item)
-                _renumber(one.frames, first - 1)
+                _renumber(one.frames, int(firsts[start]) - 1)
                 decoded.frames += one.frames
-                errors.append(one.errors)
-        rows = np.zeros(len(lines), np.int64)
+                errors[start] = one.errors
+        rows = np.zeros(len(bodies), np.int64)
         for frame in decoded.frames:
             if frame.lines is not None and len(frame):
                 owner = np.searchsorted(firsts, frame.lines.to_numpy(), "right") - 1
-                rows += np.bincount(owner, minlength=len(lines))
-        for n, item in enumerate(lines):
-            item.first, item.rows = int(firsts[n]), int(rows[n])
-            item.decoded = Decoded(errors=errors[n])
-        lines[0].decoded = Decoded(frames=decoded.frames, errors=errors[0])  # they carry all
-        last = lines[-1]
-        return last.first + last.payload.count(b"\n")
+                rows += np.bincount(owner, minlength=len(bodies))
+        ends = [*starts[1:], len(bodies)]
+        for item, start, end in zip(lines, starts, ends, strict=True):
+            item.first, item.rows = int(firsts[start]), int(rows[start:end].sum())
+            own = errors[start]
+            if item.parts is not None:  # numbered within the item: its bodies joined
+                own = []
+                for b in range(start, end):
+                    shift = int(firsts[b]) - item.first  # a body refused whole: its line 1
+                    own += [PointError((e.line or 1) + shift, e.message) for e in errors[b]]
+            item.decoded = Decoded(errors=own)
+        first = lines[0].decoded
+        lines[0].decoded = Decoded(frames=decoded.frames, errors=first.errors if first else [])
+        return int(firsts[-1]) + bodies[-1].count(b"\n")
 
     # -- write ----------------------------------------------------------------------------
 
@@ -324,7 +347,8 @@ def split_run(payloads: list[bytes], outcome: Outcome) -> list[Outcome]:
 
 
 def _lines(payload: bytes) -> int:
-    return sum(1 for line in payload.split(b"\n") if line.strip())
+    """Lines that hold a point (not blank, not a comment)."""
+    return sum(1 for line in payload.split(b"\n") if (text := line.strip()) and text[:1] != b"#")
 
 
 def _decode_one(item: _Item) -> Decoded:

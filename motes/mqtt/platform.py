@@ -108,6 +108,7 @@ class TelemetryStream:
                 joined,
                 "text/plain",
                 lambda outcome: hooks._run_stored(self, payloads, outcome, done),
+                parts=payloads if len(payloads) > 1 else None,
             )
             return
         collect = _Collect(done, len(payloads))

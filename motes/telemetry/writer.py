@@ -152,8 +152,7 @@ class GroupCommitWriter:
                 _fail(fut, exc)
 
     def _commit(self, items: list[tuple[WriteRequest, int, Future[WriteOutcome]]]) -> None:
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(COMMIT_SWITCH_INTERVAL)
+        _commit_started()
         try:
             outcomes = self._store.write([req for req, _, _ in items])
         except Exception as exc:  # the store failed: nothing in this group is acked
@@ -164,7 +163,7 @@ class GroupCommitWriter:
             for (_, _, fut), outcome in zip(items, outcomes, strict=True):
                 _resolve(fut, outcome)
         finally:
-            sys.setswitchinterval(switch)
+            _commit_ended()
             with self._cond:
                 self._queued_points -= sum(points for _, points, _ in items)
 
@@ -175,6 +174,28 @@ class GroupCommitWriter:
             self._maintenance(idle)
         except Exception:
             log.exception("store maintenance failed")
+
+
+_committing = 0  # commits running in this process (writers of several stores, in tests)
+_switch_before = 0.0
+_switch_lock = threading.Lock()
+
+
+def _commit_started() -> None:
+    global _committing, _switch_before
+    with _switch_lock:
+        if not _committing:
+            _switch_before = sys.getswitchinterval()
+            sys.setswitchinterval(COMMIT_SWITCH_INTERVAL)
+        _committing += 1
+
+
+def _commit_ended() -> None:
+    global _committing
+    with _switch_lock:
+        _committing -= 1
+        if not _committing:
+            sys.setswitchinterval(_switch_before)
 
 
 def _resolve(fut: Future[Any], result: Any) -> None:
