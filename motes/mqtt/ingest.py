@@ -215,17 +215,21 @@ class Ingest:
                 owner = np.searchsorted(firsts, frame.lines.to_numpy(), "right") - 1
                 rows += np.bincount(owner, minlength=len(bodies))
         ends = [*starts[1:], len(bodies)]
-        for item, start, end in zip(lines, starts, ends, strict=True):
-            item.first, item.rows = int(firsts[start]), int(rows[start:end].sum())
+        item_rows = np.add.reduceat(rows, starts).tolist()
+        item_firsts = firsts[starts].tolist()
+        for item, start, end, first, count in zip(
+            lines, starts, ends, item_firsts, item_rows, strict=True
+        ):
+            item.first, item.rows = first, count
             own = errors[start]
-            if item.parts is not None:  # numbered within the item: its bodies joined
+            if item.parts is not None and any(errors[start:end]):  # within the item
                 own = []
                 for b in range(start, end):
                     shift = int(firsts[b]) - item.first  # a body refused whole: its line 1
                     own += [PointError((e.line or 1) + shift, e.message) for e in errors[b]]
             item.decoded = Decoded(errors=own)
-        first = lines[0].decoded
-        lines[0].decoded = Decoded(frames=decoded.frames, errors=first.errors if first else [])
+        head = lines[0].decoded
+        lines[0].decoded = Decoded(frames=decoded.frames, errors=head.errors if head else [])
         return int(firsts[-1]) + bodies[-1].count(b"\n")
 
     # -- write ----------------------------------------------------------------------------

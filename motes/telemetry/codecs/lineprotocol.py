@@ -128,11 +128,12 @@ def decode_batch(
     errors: list[list[PointError]] = [[] for _ in bodies]
     if not bodies:
         return Decoded(), errors
-    bases = joined_firsts(bodies) - 1 if joined_lines else np.zeros(len(bodies), np.int64)
+    counts = _line_counts(bodies)
+    bases = np.cumsum(counts) - counts if joined_lines else np.zeros(len(bodies), np.int64)
     if sum(map(len, bodies)) + len(bodies) <= MAX_BODY_BYTES:  # the common case: one pass
         everything = list(range(len(bodies)))
         return Decoded(
-            frames=_decode_chunk(bodies, devices, everything, precision, errors, bases)
+            frames=_decode_chunk(bodies, devices, everything, precision, errors, bases, counts)
         ), errors
     frames: list[Frame] = []
     chunk: list[int] = []
@@ -142,20 +143,25 @@ def decode_batch(
             errors[i] = [PointError(None, _too_big(body))]
             continue
         if size + len(body) + 1 > MAX_BODY_BYTES:  # Arrow string offsets are int32
-            frames += _decode_chunk(bodies, devices, chunk, precision, errors, bases)
+            frames += _decode_chunk(bodies, devices, chunk, precision, errors, bases, counts)
             chunk, size = [], 0
         chunk.append(i)
         size += len(body) + 1
     if chunk:
-        frames += _decode_chunk(bodies, devices, chunk, precision, errors, bases)
+        frames += _decode_chunk(bodies, devices, chunk, precision, errors, bases, counts)
     return Decoded(frames=frames), errors
 
 
 def joined_firsts(bodies: Sequence[bytes]) -> Ints:
     """The number of each body's first line in the bodies joined by newlines (1-based)."""
-    counts = np.array([body.count(b"\n") + 1 for body in bodies], np.int64)
+    counts = _line_counts(bodies)
     firsts: Ints = np.cumsum(counts) - counts + 1
     return firsts
+
+
+def _line_counts(bodies: Sequence[bytes]) -> Ints:
+    counts: Ints = np.fromiter((body.count(b"\n") for body in bodies), np.int64, len(bodies))
+    return counts + 1
 
 
 def _decode_chunk(
@@ -165,9 +171,11 @@ def _decode_chunk(
     precision: str,
     errors: list[list[PointError]],
     bases: Ints,
+    all_counts: Ints,
 ) -> list[Frame]:
     """Decode the bodies numbered ``which`` together; fill their ``errors``. Frame lines
-    are within each body, plus that body's ``bases`` entry."""
+    are within each body, plus that body's ``bases`` entry; ``all_counts`` are the
+    bodies' line counts."""
     if len(which) == 1:
         try:
             decoded = decode(all_bodies[which[0]], precision, device=all_devices[which[0]])
@@ -182,11 +190,15 @@ def _decode_chunk(
                     frame.lines = pc.add(frame.lines, pa.scalar(base, frame.lines.type))
         return decoded.frames
     factor = col.precision_factor(precision)
-    bodies = [all_bodies[i] for i in which]
-    counts = np.array([body.count(b"\n") + 1 for body in bodies], np.int64)  # lines per body
+    everything = len(which) == len(all_bodies)
+    bodies = list(all_bodies) if everything else [all_bodies[i] for i in which]
+    counts = all_counts if everything else all_counts[which]  # lines per body
     firsts = np.cumsum(counts) - counts + 1  # number of each body's first line, joined
     owners: dict[str | None, int] = {}
-    body_device = np.array([owners.setdefault(all_devices[i], len(owners)) for i in which])
+    chunk_devices = all_devices if everything else [all_devices[i] for i in which]
+    body_device = np.fromiter(
+        (owners.setdefault(d, len(owners)) for d in chunk_devices), np.int64, len(bodies)
+    )
     devices = list(owners)
     line_device = np.repeat(body_device, counts)
     joined = b"\n".join(bodies)
@@ -219,9 +231,11 @@ def _decode_chunk(
     except DecodeError:  # too sparse together, though no body is alone: halve the batch
         half = len(which) // 2
         return [
-            *_decode_chunk(all_bodies, all_devices, which[:half], precision, errors, bases),
-            *_decode_chunk(all_bodies, all_devices, which[half:], precision, errors, bases),
-        ]
+            *_decode_chunk(all_bodies, all_devices, which[:half], precision, errors, bases,
+                           all_counts),
+            *_decode_chunk(all_bodies, all_devices, which[half:], precision, errors, bases,
+                           all_counts),
+        ]  # fmt: skip
     for error in sorted([*line_errors, *conflicts], key=lambda e: e.line or 0):
         line = error.line or 0  # line protocol errors always have one
         b = int(np.searchsorted(firsts, line, "right")) - 1
