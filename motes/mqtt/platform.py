@@ -76,8 +76,9 @@ class Client:
 
 
 class TelemetryStream:
-    """Runs of one telemetry topic's publishes: line protocol goes in as one body per run
-    (the payloads joined by newlines), anything else one publish at a time."""
+    """Runs of one telemetry topic's publishes: line protocol goes in as one ingest item
+    per run (the payloads joined by newlines, each decoded as a body of its own), anything
+    else one publish at a time."""
 
     __slots__ = ("bucket", "content_type", "device", "hooks", "identity", "topic")
 
@@ -358,7 +359,7 @@ class MotesHooks:
         outcome: Outcome,
         done: Callable[[RunResult], None],
     ) -> None:
-        """A run stored as one body: settled as a whole when all went in, else per publish
+        """A run stored as one item: settled as a whole when all went in, else per publish
         (each with the errors of its own lines, as if it had been stored alone)."""
         identity, device, bucket, topic = (
             stream.identity,
