@@ -11,7 +11,8 @@ mosquitto,amqtt,mqttools, ``all``), each started fresh every round on free loopb
 medians. Scenarios (``--scenario``, in this order on each fresh broker):
 
   idle        --idle-conns connections connect (CONNECT, keep-alive 60) and stay idle:
-              broker RSS (process + children) before and after, bytes per connection
+              broker RSS (process + children) before and after, bytes per connection;
+              how long the broker stays busy after the last CONNACK, its CPU once quiet
   throughput  --conns connections in --procs processes publish --messages QoS 1 messages
               (at most --inflight unacked each) as fast as they are acked; a counting
               subscriber on devices/+/telemetry (Motes: the store's count) checks none is lost

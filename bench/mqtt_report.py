@@ -151,7 +151,14 @@ def _idle_rows(results: Results) -> list[tuple[str, Cell]]:
         ("bytes per idle connection", _fig("bytes_per_connection")),
         ("connections per second (connect + CONNACK)", _fig("connect_per_s")),
         ("dropped while idle, all rounds", lambda r: _num(total(r, "dropped_while_idle"))),
-        ("broker CPU while idle, % of one core", _fig("broker_idle_cpu_pct", 1, 1, " %")),
+        (
+            "quiet after the last CONNACK, s (≥ settle + 1 s)",
+            _fig("quiet_after_connects_s", 1),
+        ),
+        (
+            "broker CPU while idle (once quiet), % of one core",
+            _fig("broker_idle_cpu_pct", 1, 1, " %"),
+        ),
     ]
 
 

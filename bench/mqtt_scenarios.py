@@ -229,6 +229,9 @@ def idle(broker: Broker, args: Namespace) -> dict[str, Any]:
     t = _merge([ready.get(timeout=900.0) for _ in procs])
     connect_wall = time.perf_counter() - started
     time.sleep(args.idle_settle)
+    # what the connects left to do (status writes, ...) is not idling: wait for it, and
+    # report how long it took
+    aftermath, _ = wait_quiet(broker, max_s=60.0)
     cpu0, hold0 = tree_cpu_seconds(broker.pid), time.perf_counter()
     after = _steady_rss(broker)
     time.sleep(1.0)
@@ -247,6 +250,7 @@ def idle(broker: Broker, args: Namespace) -> dict[str, Any]:
         "rss_after": after,
         "bytes_per_connection": (after - before) / t.connected if t.connected else 0.0,
         "broker_idle_cpu_pct": 100 * idle_cpu,
+        "quiet_after_connects_s": args.idle_settle + aftermath,
         "errors": (t.errors + finals.errors)[:5],
     }
 
