@@ -304,6 +304,16 @@ def connect5(client_id: str, user: str) -> bytes:
     return pk.encode_connect(client_id, user, "pw", 60, True, 5)
 
 
+async def open_client5(
+    port: int, client_id: str, user: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An MQTT 5 client, connected (CONNACK read)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(connect5(client_id, user))
+    assert (await read_packet(reader))[0] == 0x20
+    return reader, writer
+
+
 async def read_all(reader: asyncio.StreamReader, timeout: float = 1.0) -> bytes:
     """What arrives until the connection is closed or ``timeout`` passes without data."""
     got = b""
@@ -374,9 +384,7 @@ def test_a_run_answers_each_v5_publish_with_its_own_reason_code() -> None:
             [(0x99, "bad") if p == b"bad" else (0, None) for p in payloads]
         )
         broker, port = await start(hooks)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(connect5("c5", "d1"))
-        assert (await read_packet(reader))[0] == 0x20
+        reader, writer = await open_client5(port, "c5", "d1")
         t = "devices/d1/telemetry"
         writer.write(
             b"".join(
@@ -405,9 +413,7 @@ def test_a_run_past_the_receive_maximum_is_a_protocol_error_in_v5() -> None:
         hooks.streams = True
         hooks.run_store = lambda payloads, done: None  # never durable
         broker, port = await start(hooks, receive_maximum=5)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(connect5("c5", "d1"))
-        assert (await read_packet(reader))[0] == 0x20
+        reader, writer = await open_client5(port, "c5", "d1")
         t = "devices/d1/telemetry"
         writer.write(
             b"".join(pk.encode_publish(t, b"x", 1, False, False, n, 5) for n in range(1, 8))
@@ -431,9 +437,7 @@ def test_a_publish_with_an_empty_topic_is_refused_with_its_reason_code() -> None
         broker, port = await start(hooks)
         errors: list[Any] = []
         asyncio.get_running_loop().set_exception_handler(lambda _, ctx: errors.append(ctx))
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(connect5("c5", "d1"))
-        assert (await read_packet(reader))[0] == 0x20
+        reader, writer = await open_client5(port, "c5", "d1")
         writer.write(pk.encode_publish("", b"m v=1", 1, False, False, 1, 5))
         got = await read_all(reader)
         assert got[:1] == b"\xe0" and got[2] == pk.TOPIC_NAME_INVALID, got
@@ -454,9 +458,7 @@ def test_the_receive_maximum_holds_across_runs_to_different_topics() -> None:
         hooks.streams = True
         hooks.run_store = lambda payloads, done: None  # never durable
         broker, port = await start(hooks, receive_maximum=5)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(connect5("c5", "d1"))
-        assert (await read_packet(reader))[0] == 0x20
+        reader, writer = await open_client5(port, "c5", "d1")
         topics = ["devices/d1/telemetry", "devices/d1/x/telemetry"]
         writer.write(
             b"".join(

@@ -44,17 +44,22 @@ def publish(device: str, payload: bytes, packet_id: int) -> pk.Publish:
     return pk.Publish(f"devices/{device}/telemetry", payload, 1, False, False, packet_id, {})
 
 
+def consumer() -> tuple[threading.Event, StoringHooks, ExternalBroker]:
+    """A consumer whose look-up of device "slow" waits until the event is set."""
+    gate = threading.Event()
+
+    def locate(kind: str, ident: str) -> Any:
+        if ident == "slow":
+            gate.wait(5)
+        return ("org1", None)
+
+    hooks = StoringHooks()
+    return gate, hooks, ExternalBroker("mqtt://127.0.0.1:1", hooks, locate)  # type: ignore[arg-type]
+
+
 def test_messages_are_stored_in_order_while_a_device_is_looked_up() -> None:
     async def run() -> None:
-        gate = threading.Event()
-
-        def locate(kind: str, ident: str) -> Any:
-            if ident == "slow":
-                gate.wait(5)
-            return ("org1", None)
-
-        hooks = StoringHooks()
-        ext = ExternalBroker("mqtt://127.0.0.1:1", hooks, locate)  # type: ignore[arg-type]
+        gate, hooks, ext = consumer()
         writer = FakeWriter()
         ext._writer = writer  # type: ignore[assignment]
         ext._publish(publish("slow", b"1", 1))
@@ -74,15 +79,7 @@ def test_a_reconnect_during_a_look_up_loses_nothing_of_the_new_connection() -> N
     the new connection's messages are all stored and acknowledged."""
 
     async def run() -> None:
-        gate = threading.Event()
-
-        def locate(kind: str, ident: str) -> Any:
-            if ident == "slow":
-                gate.wait(5)
-            return ("org1", None)
-
-        hooks = StoringHooks()
-        ext = ExternalBroker("mqtt://127.0.0.1:1", hooks, locate)  # type: ignore[arg-type]
+        gate, hooks, ext = consumer()
         old = FakeWriter()
         ext._writer = old  # type: ignore[assignment]
         ext._publish(publish("slow", b"old", 1))

@@ -17,7 +17,6 @@ import logging
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import accumulate
 
 import numpy as np
 import pyarrow as pa
@@ -329,12 +328,12 @@ def _renumber(frames: list[Frame], offset: int) -> int:
 
 
 def split_run(payloads: list[bytes], outcome: Outcome) -> list[Outcome]:
-    """The outcome of payloads stored as one body (joined by newlines), per payload: each
-    with the errors of its own lines, numbered within it. An error of the whole body (no
-    line) is every payload's."""
+    """The outcome of payloads stored as one item (numbered as if joined by newlines), per
+    payload: each with the errors of its own lines, numbered within it. An error of the
+    whole item (no line) is every payload's."""
     if outcome.failure is not None:
         return [Outcome(0, [], None, outcome.failure) for _ in payloads]
-    firsts = list(accumulate([p.count(b"\n") + 1 for p in payloads[:-1]], initial=1))
+    firsts = lineprotocol.joined_firsts(payloads).tolist()
     each: list[list[PointError]] = [[] for _ in payloads]
     for error in outcome.errors:
         if error.line is None:
