@@ -211,15 +211,21 @@ def record_failure(errors: list[str]) -> None:
 # -- idle connections --------------------------------------------------------------------------
 
 
+def connect_all(plan: Plan, clients: list[tuple[int, Client]], tally: Tally) -> list[Conn]:
+    """Open the clients' connections, counting them and the time taken in ``tally``."""
+    t = time.perf_counter()
+    conns = open_connections(plan, clients, tally.errors)
+    tally.connected, tally.connect_s = len(conns), time.perf_counter() - t
+    return conns
+
+
 def idle_main(
     plan: Plan, clients: list[tuple[int, Client]], ready: Any, release: Event, out: Any
 ) -> None:
     """Connect, report, then only answer keep-alive until ``release``; report who was dropped."""
     tally, conns = Tally(), []
     try:
-        t = time.perf_counter()
-        conns = open_connections(plan, clients, tally.errors)
-        tally.connected, tally.connect_s = len(conns), time.perf_counter() - t
+        conns = connect_all(plan, clients, tally)
     except Exception:
         record_failure(tally.errors)
     ready.put(tally)

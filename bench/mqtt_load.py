@@ -36,6 +36,7 @@ from bench.mqtt_conn import (
     Plan,
     Tally,
     close_all,
+    connect_all,
     open_connections,
     record_failure,
 )
@@ -191,9 +192,7 @@ def publish_main(
     """A publisher process (forked): connect, encode, wait for the others, send, report."""
     tally, conns = Tally(), []
     try:
-        t = time.perf_counter()
-        conns = open_connections(plan, clients, tally.errors)
-        tally.connected, tally.connect_s = len(conns), time.perf_counter() - t
+        conns = connect_all(plan, clients, tally)
         for c in conns:
             encode_messages(plan, c, per_conn, total_conns, t0)
     except Exception:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -114,10 +115,25 @@ def start_server(
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path / "server-data")
-    yield srv
-    if srv.proc.poll() is None:
-        srv.stop()
+    with running_server(tmp_path / "server-data") as srv:
+        yield srv
+
+
+@contextmanager
+def running_server(data_dir: Path, **options: Any) -> Iterator[ServerProcess]:
+    """``start_server(data_dir, **options)``, stopped at the end unless it died already."""
+    srv = start_server(data_dir, **options)
+    try:
+        yield srv
+    finally:
+        if srv.proc.poll() is None:
+            srv.stop()
+
+
+def expect(r: httpx.Response, status: int = 200) -> Any:
+    """The JSON of a response that must have ``status`` (the request and body otherwise)."""
+    assert r.status_code == status, f"{r.request.method} {r.request.url}: {r.text}"
+    return r.json() if r.content else None
 
 
 # -- registry databases ----------------------------------------------------------------------

@@ -17,7 +17,15 @@ import httpx
 import pytest
 
 from motes.mqtt import packets as pk
-from tests.conftest import AUTH, ServerProcess, free_port, require_tool, start_server
+from tests.conftest import (
+    AUTH,
+    ServerProcess,
+    expect,
+    free_port,
+    require_tool,
+    running_server,
+    start_server,
+)
 from tests.mqtt_clients import V5, V311, Paho, mosquitto
 
 pytestmark = pytest.mark.slow
@@ -25,21 +33,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path_factory.mktemp("mqtt") / "data", mqtt_port=free_port())
-    yield srv
-    if srv.proc.poll() is None:
-        srv.stop()
+    with running_server(tmp_path_factory.mktemp("mqtt") / "data", mqtt_port=free_port()) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client:
         yield client
-
-
-def expect(r: httpx.Response, status: int = 200) -> Any:
-    assert r.status_code == status, f"{r.request.method} {r.request.url}: {r.text}"
-    return r.json() if r.content else None
 
 
 _made: dict[str, str] = {}

@@ -8,6 +8,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from motes.mqtt import packets as pk
 from motes.mqtt.broker import Broker, BrokerLimits
 from motes.mqtt.models import Identity, Message, Session
@@ -403,10 +405,16 @@ def test_a_run_answers_each_v5_publish_with_its_own_reason_code() -> None:
     asyncio.run(run())
 
 
-def test_a_run_past_the_receive_maximum_is_a_protocol_error_in_v5() -> None:
+@pytest.mark.parametrize(
+    "topics",
+    [["devices/d1/telemetry"], ["devices/d1/telemetry", "devices/d1/x/telemetry"]],
+    ids=["one topic", "alternating topics"],
+)
+def test_runs_count_toward_the_receive_maximum_in_v5(topics: list[str]) -> None:
     """Runs count toward the receive maximum like single publishes: the v5 client that
     sends more unacknowledged QoS 1 publishes than the broker allows is disconnected
-    (0x93), and the publishes within the limit are all that reached the platform."""
+    (0x93), and the publishes within the limit are all that reached the platform. A client
+    alternating topics cuts a run at every publish: the runs together still count."""
 
     async def run() -> None:
         hooks = FakeHooks()
@@ -414,9 +422,11 @@ def test_a_run_past_the_receive_maximum_is_a_protocol_error_in_v5() -> None:
         hooks.run_store = lambda payloads, done: None  # never durable
         broker, port = await start(hooks, receive_maximum=5)
         reader, writer = await open_client5(port, "c5", "d1")
-        t = "devices/d1/telemetry"
         writer.write(
-            b"".join(pk.encode_publish(t, b"x", 1, False, False, n, 5) for n in range(1, 8))
+            b"".join(
+                pk.encode_publish(topics[n % len(topics)], b"x", 1, False, False, n, 5)
+                for n in range(1, 41)
+            )
         )
         got = await read_all(reader)
         assert got[:1] == b"\xe0" and got[2] == pk.RECEIVE_MAXIMUM_EXCEEDED, got
@@ -443,31 +453,6 @@ def test_a_publish_with_an_empty_topic_is_refused_with_its_reason_code() -> None
         assert got[:1] == b"\xe0" and got[2] == pk.TOPIC_NAME_INVALID, got
         assert not errors, errors[0].get("exception")
         assert hooks.runs == [] and hooks.stored == []
-        writer.close()
-        await broker.stop()
-
-    asyncio.run(run())
-
-
-def test_the_receive_maximum_holds_across_runs_to_different_topics() -> None:
-    """A v5 client alternating two telemetry topics cuts a run at every publish: the
-    runs together still count toward the receive maximum."""
-
-    async def run() -> None:
-        hooks = FakeHooks()
-        hooks.streams = True
-        hooks.run_store = lambda payloads, done: None  # never durable
-        broker, port = await start(hooks, receive_maximum=5)
-        reader, writer = await open_client5(port, "c5", "d1")
-        topics = ["devices/d1/telemetry", "devices/d1/x/telemetry"]
-        writer.write(
-            b"".join(
-                pk.encode_publish(topics[n % 2], b"x", 1, False, False, n, 5) for n in range(1, 41)
-            )
-        )
-        got = await read_all(reader)
-        assert got[:1] == b"\xe0" and got[2] == pk.RECEIVE_MAXIMUM_EXCEEDED, got
-        assert sum(map(len, hooks.runs)) == 5
         writer.close()
         await broker.stop()
 

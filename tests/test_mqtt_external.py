@@ -24,6 +24,7 @@ from tests.conftest import (
     AUTH,
     TOKEN,
     ServerProcess,
+    expect,
     free_port,
     postgres_database,
     require_tool,
@@ -72,11 +73,6 @@ def pair(
     for srv in (first, second):
         if srv.proc.poll() is None:
             srv.stop()
-
-
-def expect(r: httpx.Response, status: int = 200) -> Any:
-    assert r.status_code == status, f"{r.request.method} {r.request.url}: {r.text}"
-    return r.json() if r.content else None
 
 
 def stored(srv: ServerProcess, device: str) -> int:

@@ -22,7 +22,7 @@ from motes.registry.devices import DeviceSpec
 from motes.registry.rejections import KEEP, MAX_ERROR, MAX_TOPIC
 from motes.registry.service import Registry
 from motes.registry.tables import device_rejections
-from tests.conftest import AUTH, ServerProcess, free_port, start_server
+from tests.conftest import AUTH, ServerProcess, expect, free_port, running_server, start_server
 from tests.mqtt_clients import V5, V311, Paho
 
 # -- the store, on every engine ----------------------------------------------------------------
@@ -143,21 +143,16 @@ def test_the_buffer_keeps_the_newest_and_retries_a_failed_write(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path_factory.mktemp("rejections") / "data", mqtt_port=free_port())
-    yield srv
-    if srv.proc.poll() is None:
-        srv.stop()
+    with running_server(
+        tmp_path_factory.mktemp("rejections") / "data", mqtt_port=free_port()
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client:
         yield client
-
-
-def expect(r: httpx.Response, status: int = 200) -> Any:
-    assert r.status_code == status, f"{r.request.method} {r.request.url}: {r.text}"
-    return r.json() if r.content else None
 
 
 def connected(server: ServerProcess, http: httpx.Client, name: str, version: int = V5) -> Paho:

@@ -18,7 +18,7 @@ from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from tests.conftest import AUTH, ServerProcess, start_server
+from tests.conftest import AUTH, ServerProcess, expect, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +41,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
-
-
-def expect(r: httpx.Response, status: int = 200) -> Any:
-    assert r.status_code == status, f"{r.request.method} {r.request.url}: {r.text}"
-    return r.json() if r.content else None
 
 
 def new_org(http: httpx.Client, name: str) -> tuple[str, dict[str, str]]:

@@ -73,21 +73,23 @@ def latest(*times: int | None) -> int | None:
     return max(known) if known else None
 
 
+# what the status rules read of a device
+STATUS_COLUMNS = (
+    d.org_id,
+    d.id,
+    d.connected,
+    d.connected_ns,
+    d.disconnected_ns,
+    d.expected_interval_seconds,
+    d.last_seen_ns,
+    d.status,
+)
+
+
 def row(conn: sa.Connection, org_id: str, device_id: str) -> Any:
     """The status columns of a device (locked on PostgreSQL until the transaction ends)."""
     return conn.execute(
-        sa.select(
-            d.org_id,
-            d.id,
-            d.connected,
-            d.connected_ns,
-            d.disconnected_ns,
-            d.expected_interval_seconds,
-            d.last_seen_ns,
-            d.status,
-        )
-        .where(d.org_id == org_id, d.id == device_id)
-        .with_for_update()
+        sa.select(*STATUS_COLUMNS).where(d.org_id == org_id, d.id == device_id).with_for_update()
     ).first()
 
 
@@ -129,16 +131,7 @@ def set_connected_many(
     for org_id, ids in by_org.items():
         for chunk in _chunks(sorted(ids), 500):
             found = conn.execute(
-                sa.select(
-                    d.org_id,
-                    d.id,
-                    d.connected,
-                    d.connected_ns,
-                    d.disconnected_ns,
-                    d.expected_interval_seconds,
-                    d.last_seen_ns,
-                    d.status,
-                )
+                sa.select(*STATUS_COLUMNS)
                 .where(d.org_id == org_id, d.id.in_(chunk))
                 .with_for_update()
             )
